@@ -1,0 +1,229 @@
+"""Command line: `charrnn train | generate | eval | summary`. Every command is a thin layer over the
+Python API (Trainer, load, CharModel); flags map one to one onto ModelConfig / TrainConfig fields."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import CELLS, DEVICES, ModelConfig, TrainConfig, from_dict
+from .errors import CharRNNError
+
+S = argparse.SUPPRESS  # flags not given stay absent, so config files and resumed runs are not overridden
+
+
+def _train_flags(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    g = parser.add_argument_group("text")
+    g.add_argument("--text", default=S, help=f"file, folder of *.txt, glob, http(s) URL or built-in name (default {d.text})")
+    g.add_argument("--encoding", default=S, help=f"the text's encoding (default {d.encoding})")
+    g.add_argument("--skip-chars", type=int, default=S, help="drop this many characters from the start")
+    g.add_argument("--val-fraction", type=float, default=S, help=f"last part of the text held out for validation (default {d.val_fraction}; 0 = tutorial)")
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=S, help=f"sequences per step (default {d.batch_size})")
+    g.add_argument("--seq-len", type=int, default=S, help=f"characters per sequence (default {d.seq_len})")
+    g.add_argument("--epochs", type=int, default=S, help=f"passes over the text (default {d.epochs})")
+    g.add_argument("--max-steps", type=int, default=S, help="stop after this many steps in total (default 0 = no limit)")
+    g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--clip", type=float, default=S, help="clip the gradient norm (default 0 = off)")
+    g.add_argument("--seed", type=int, default=S, help=f"random seed (default {d.seed})")
+    g.add_argument("--device", choices=DEVICES, default=S, help="auto (default), cpu or cuda")
+    g.add_argument("--patience", type=int, default=S, help="stop after N epochs without validation improvement (default 0 = off)")
+    g.add_argument("--checkpoint-every", type=int, default=S, help=f"also save every N steps (default {d.checkpoint_every}; 0 = epoch ends only)")
+    g.add_argument("--log-every", type=int, default=S, help=f"metrics line every N steps (default {d.log_every})")
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    d = ModelConfig(vocab_size=1)
+    g = parser.add_argument_group("model")
+    g.add_argument("--cell", choices=CELLS, default=S, help=f"recurrent cell (default {d.cell})")
+    g.add_argument("--layers", dest="num_layers", type=int, default=S, help=f"recurrent layers (default {d.num_layers})")
+    g.add_argument("--hidden", dest="hidden_size", type=int, default=S, help=f"units per layer (default {d.hidden_size})")
+    g.add_argument("--embedding", dest="embedding_size", type=int, default=S, help=f"embedding width (default {d.embedding_size})")
+    g.add_argument("--dropout", type=float, default=S, help="dropout between layers and before the output (default 0)")
+
+
+def _fields(cls, args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A JSON file {"model": {...}, "train": {...}}; flags given on the command line win."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CharRNNError(f"cannot read --config {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CharRNNError(f"--config {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"model", "train"}:
+        raise CharRNNError(f"--config {path}: expected an object with 'model' and/or 'train' keys")
+    model, train = data.get("model", {}), data.get("train", {})
+    if "vocab_size" in model:
+        raise CharRNNError(f"--config {path}: vocab_size comes from the text; remove it")
+    from_dict(ModelConfig, {"vocab_size": 1, **model}, f"--config {path} model")  # validate keys and values now
+    from_dict(TrainConfig, train, f"--config {path} train")
+    return model, train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import Trainer
+
+    train_fields, model_fields = _fields(TrainConfig, args), _fields(ModelConfig, args)
+    if args.resume:
+        if model_fields or args.config:
+            raise CharRNNError("--resume continues the run's own model and settings; drop the model flags and --config")
+        trainer = Trainer.resume(args.resume, data_dir=args.data_dir, **train_fields)
+    else:
+        file_model, file_train = _read_config_file(args.config) if args.config else ({}, {})
+        config = from_dict(TrainConfig, {**file_train, **train_fields}, "train settings")
+        run_dir = args.run or Path("runs") / _default_name(config.text)
+        trainer = Trainer.create(run_dir, config, {**file_model, **model_fields}, data_dir=args.data_dir)
+    result = trainer.fit()
+    if result.status == "interrupted":
+        return 130
+    print(f"run saved in {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt \"...\"", file=sys.stderr)
+    return 0
+
+
+def _default_name(text: str) -> str:
+    from .corpus import BUILTINS
+
+    if text in BUILTINS:
+        return text
+    stem = Path(text.rstrip("/").rsplit("/", 1)[-1]).stem
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "run"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generate import load
+
+    model = load(args.run, checkpoint=args.checkpoint, device=args.device)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   seed=seed, num_samples=args.num_samples, drop_unknown=args.drop_unknown)
+    out = sys.stdout
+    if args.num_samples == 1:
+        for pieces in model.stream(args.prompt, **options):
+            out.write(pieces[0])
+            out.flush()
+        out.write("\n")
+    else:
+        for i, text in enumerate(model.generate(args.prompt, **options), 1):
+            out.write(f"--- sample {i} ---\n{text}\n")
+    out.flush()
+    if args.seed is None and args.temperature != 0:  # greedy text needs no seed
+        print(f"(seed {seed}: pass --seed {seed} to get this text again)", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .corpus import load_text
+    from .generate import load
+
+    model = load(args.run, checkpoint=args.checkpoint, device=args.device)
+    corpus = load_text(args.text, encoding=args.encoding, data_dir=args.data_dir)
+    result = model.evaluate(corpus.text, drop_unknown=args.drop_unknown)
+    print(f"{corpus.source}: {result['chars']:,} characters, loss {result['loss']:.4f} nats/char, "
+          f"{result['bits_per_char']:.4f} bits/char")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .checkpoint import load_config
+    from .corpus import load_text
+    from .model import CharRNN, summary
+    from .vocab import Vocab
+
+    fields = _fields(ModelConfig, args)
+    fields.pop("vocab_size", None)  # --vocab-size is handled below
+    if args.run:
+        if fields or args.text or args.vocab_size:
+            raise CharRNNError("summary of a run takes no model flags, --text or --vocab-size")
+        config = load_config(args.run)[0]
+    else:
+        vocab_size = args.vocab_size or len(Vocab.from_text(load_text(args.text or "shakespeare", data_dir=args.data_dir).text))
+        config = ModelConfig(vocab_size=vocab_size, **fields)
+    print(summary(CharRNN(config)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="charrnn", description="Character-level RNN: train on any text, generate from it.")
+    parser.add_argument("--version", action="version", version=f"charrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (or resume one)", description="Train a model on a text; writes a run directory.")
+    p.add_argument("--run", type=Path, help="run directory to create (default runs/<text name>)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted or finished run")
+    p.add_argument("--config", help="JSON file {\"model\": {...}, \"train\": {...}}; flags override it")
+    p.add_argument("--data-dir", help="folder searched first for built-in corpora (default $CHARRNN_DATA_DIR)")
+    _train_flags(p)
+    _model_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="generate text from a run", description="Generate text from a trained run.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("--prompt", default="", help="text to start from (default: empty, start a fresh line)")
+    p.add_argument("--length", type=int, default=1000, help="characters to generate after the prompt (default 1000)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest characters (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set with this much probability (1 = off)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="samples generated together in one batch (default 1)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), help="which weights (default best if the run has it)")
+    p.add_argument("--drop-unknown", action="store_true", help="drop prompt characters the model never saw")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default), cuda or auto")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("eval", help="loss and bits/char of a run on a text", description="Score a text with a trained run.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("--text", required=True, help="file, folder, glob, URL or built-in name to score")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--data-dir")
+    p.add_argument("--checkpoint", choices=("best", "latest"))
+    p.add_argument("--drop-unknown", action="store_true", help="skip characters the model never saw")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("summary", help="layer table and parameter count", description="Print the model's layers and parameters.")
+    p.add_argument("run", type=Path, nargs="?", metavar="RUN", help="a run directory (else describe the flags below)")
+    p.add_argument("--text", help="text whose vocabulary sizes the model (default shakespeare)")
+    p.add_argument("--vocab-size", type=int, help="vocabulary size, instead of reading a text")
+    p.add_argument("--data-dir")
+    _model_flags(p)
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Never crash on printing a character the terminal's encoding lacks (e.g. Chinese on an ASCII locale).
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        return args.func(args)
+    except CharRNNError as exc:
+        print(f"charrnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ncharrnn: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0  # e.g. `charrnn generate ... | head`
+    except OSError as exc:
+        print(f"charrnn: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Configuration: frozen dataclasses with a short doc per field. CLI flags map onto these fields one
+to one, `config.json` in a run directory stores them, and unknown keys are errors everywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, TypeVar
+
+from .errors import CharRNNError
+
+CELLS = ("gru", "lstm", "rnn")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: Embedding -> RNN (1..N layers) -> Dense, the tutorial's defaults."""
+
+    vocab_size: int  # distinct characters; set from the text, never by hand
+    embedding_size: int = 256  # width of each character's learned vector
+    hidden_size: int = 1024  # units per recurrent layer
+    num_layers: int = 1  # stacked recurrent layers
+    cell: str = "gru"  # recurrent cell: gru, lstm or rnn (tanh)
+    dropout: float = 0.0  # dropout between recurrent layers and before the output layer
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        if self.cell not in CELLS:
+            raise CharRNNError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise CharRNNError(f"dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: data, optimisation, checkpoints. Defaults follow the tutorial where it has one."""
+
+    text: str = "shakespeare"  # file, folder of *.txt, glob, http(s) URL, or built-in corpus name
+    encoding: str = "utf-8"  # the text's encoding; decoding is strict
+    skip_chars: int = 0  # drop this many characters from the start of the text
+    val_fraction: float = 0.1  # the last part of the text held out for validation; 0 = tutorial
+    batch_size: int = 64  # sequences per step
+    seq_len: int = 100  # characters per training sequence
+    epochs: int = 20  # passes over the training text
+    max_steps: int = 0  # stop after this many optimizer steps in total; 0 = no limit
+    lr: float = 1e-3  # Adam learning rate
+    clip: float = 0.0  # clip the gradient norm to this; 0 = off
+    seed: int = 0  # seeds weights, shuffling and dropout: same seed, same run
+    device: str = "auto"  # auto (cuda when available), cpu or cuda
+    patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
+    checkpoint_every: int = 200  # also save the latest checkpoint every N steps; 0 = epoch ends only
+    log_every: int = 10  # write a metrics line every N steps
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "seq_len", "epochs")
+        non_negative = ("skip_chars", "max_steps", "patience", "checkpoint_every", "seed")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
+        for name in non_negative:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise CharRNNError(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
+        if not isinstance(self.log_every, int) or self.log_every < 1:
+            raise CharRNNError(f"log_every must be a positive integer; got {self.log_every!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise CharRNNError(f"lr must be a positive number; got {self.lr}")
+        if not (math.isfinite(self.clip) and self.clip >= 0):
+            raise CharRNNError(f"clip must be >= 0 (0 = off); got {self.clip}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CharRNNError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if self.device not in DEVICES:
+            raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str) -> T:
+    """Build a config dataclass from a mapping; unknown keys are an error naming `where`."""
+    if not isinstance(data, Mapping):
+        raise CharRNNError(f"{where}: expected an object of settings, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise CharRNNError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise CharRNNError(f"{where}: {exc}") from None

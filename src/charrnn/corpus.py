@@ -1,0 +1,198 @@
+"""Text in: a file, a folder of *.txt, a glob, an http(s) URL, or a built-in corpus name.
+
+Everything ends as one Python string. Bytes are decoded strictly (a wrong encoding is an error that
+names the file and byte offset, never silently replaced characters), a UTF-8 byte-order mark is dropped,
+and `skip_chars` removes a prefix such as a licence header.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CharRNNError
+from .files import atomic_path
+
+
+@dataclass(frozen=True)
+class BuiltinCorpus:
+    """A well-known text that can be named instead of a path."""
+
+    filename: str
+    url: str
+    sha256: str
+    chars: int
+
+
+BUILTINS = {
+    "shakespeare": BuiltinCorpus(
+        filename="shakespeare.txt",
+        url="https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        chars=1_115_394,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A loaded text and where it came from."""
+
+    text: str
+    name: str  # short name, used for default run directories
+    source: str  # what the user asked for, resolved (paths, URL)
+    sha256: str  # of the decoded text's UTF-8 bytes, so a run records exactly what it saw
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The directory searched first for built-in corpora: --data-dir, else $CHARRNN_DATA_DIR."""
+    value = explicit if explicit is not None else os.environ.get("CHARRNN_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def cache_dir() -> Path:
+    """Where downloads are kept: $CHARRNN_CACHE_DIR, else $XDG_CACHE_HOME/charrnn or ~/.cache/charrnn."""
+    if os.environ.get("CHARRNN_CACHE_DIR"):
+        return Path(os.environ["CHARRNN_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charrnn"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CharRNNError(f"could not download {url}: {reason}") from None
+
+
+def _builtin_bytes(name: str, explicit_data_dir) -> tuple[bytes, str]:
+    spec = BUILTINS[name]
+    places = []
+    directory = data_dir(explicit_data_dir)
+    if directory is not None:
+        places.append(directory / spec.filename)
+    cached = cache_dir() / spec.filename
+    places.append(cached)
+    for path in places:
+        if path.is_file():
+            data = path.read_bytes()
+            if _sha256(data) != spec.sha256:
+                raise CharRNNError(
+                    f"{path} is not the expected {name} text (SHA-256 mismatch); delete it or replace it "
+                    f"with the file from {spec.url}"
+                )
+            return data, str(path)
+    try:
+        _download(spec.url, cached)
+    except CharRNNError as exc:
+        where = f"{directory}/ or " if directory is not None else ""
+        raise CharRNNError(
+            f"{exc}; offline? put {spec.filename} in {where}{cached.parent}/ "
+            "(or point --data-dir / CHARRNN_DATA_DIR at its folder)"
+        ) from None
+    data = cached.read_bytes()
+    if _sha256(data) != spec.sha256:
+        cached.unlink()
+        raise CharRNNError(f"the download of {spec.url} is corrupt (SHA-256 mismatch); try again")
+    return data, spec.url
+
+
+def _url_bytes(url: str) -> bytes:
+    # One file per URL; the hash keeps different URLs with the same basename apart.
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
+    path = cache_dir() / "urls" / f"{_sha256(url.encode())[:16]}-{name}"
+    if not path.is_file():
+        _download(url, path)
+    return path.read_bytes()
+
+
+def decode(data: bytes, encoding: str, origin: str) -> str:
+    """Decode strictly; a UTF-8 (or UTF-16/32) byte-order mark is dropped."""
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise CharRNNError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"  # identical to utf-8 but drops a leading BOM
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise CharRNNError(
+            f"{origin}: invalid {exc.encoding} at byte {exc.start} ({exc.reason}); "
+            "pass --encoding with the file's real encoding (e.g. --encoding latin-1)"
+        ) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _join(parts: list[str]) -> str:
+    # Concatenate files, adding a newline only where one does not end with it, so the last line of
+    # one file never runs into the first line of the next.
+    out = []
+    for part in parts:
+        out.append(part)
+        if part and not part.endswith("\n"):
+            out.append("\n")
+    return "".join(out) if len(parts) > 1 else "".join(parts)
+
+
+def _read_files(paths: list[Path], encoding: str) -> str:
+    texts = []
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+        texts.append(decode(data, encoding, str(path)))
+    return _join(texts)
+
+
+def load_text(
+    spec: str = "shakespeare",
+    *,
+    encoding: str = "utf-8",
+    skip_chars: int = 0,
+    data_dir: str | os.PathLike | None = None,
+) -> Corpus:
+    """Load a corpus from a built-in name, URL, file, folder (*.txt, sorted) or glob pattern."""
+    if skip_chars < 0:
+        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec in BUILTINS and not path.exists():
+        data, source = _builtin_bytes(spec, data_dir)
+        text, name = decode(data, encoding, source), spec
+    elif spec.startswith(("http://", "https://")):
+        text = decode(_url_bytes(spec), encoding, spec)
+        source, name = spec, Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem or "download"
+    elif path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise CharRNNError(f"folder {path} has no *.txt files; point --text at a file or a folder of .txt files")
+        text, source, name = _read_files(files, encoding), str(path.resolve()), path.resolve().name
+    elif path.is_file():
+        text, source, name = _read_files([path], encoding), str(path.resolve()), path.stem
+    elif glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not files:
+            raise CharRNNError(f"no files match {spec!r}")
+        text, source, name = _read_files(files, encoding), spec, files[0].parent.name or "glob"
+    else:
+        builtins = ", ".join(sorted(BUILTINS))
+        raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")
+    text = text[skip_chars:]
+    if not text:
+        raise CharRNNError(f"{source}: no text left to train on" + (f" after skipping {skip_chars} characters" if skip_chars else ""))
+    return Corpus(text=text, name=name, source=source, sha256=_sha256(text.encode("utf-8", "surrogatepass")))

@@ -1,0 +1,83 @@
+"""Batches as in the tutorial: non-overlapping chunks of seq_len + 1 characters.
+
+Each chunk gives input = chunk[:-1] and target = chunk[1:]. Chunks are shuffled every epoch, batches
+have a fixed size and the last partial batch is dropped, so Shakespeare with batch 64, sequence 100 and
+no validation split gives the tutorial's 172 steps per epoch. The shuffle of epoch e depends only on
+(seed, e), which is what lets an interrupted run resume mid-epoch on exactly the same batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import CharRNNError
+
+
+def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train on the first part, validate on the last `val_fraction` of the text (never shuffled in)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise CharRNNError(f"--val-fraction must be in [0, 1); got {val_fraction}")
+    n_val = int(round(len(ids) * val_fraction))
+    return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+
+
+def chunk(ids: np.ndarray, seq_len: int) -> np.ndarray:
+    """Non-overlapping (n, seq_len + 1) chunks; the remainder shorter than a chunk is dropped."""
+    n = len(ids) // (seq_len + 1)
+    return ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+
+
+@dataclass
+class Batches:
+    """Shuffled fixed-size training batches over one array of ids."""
+
+    ids: np.ndarray
+    batch_size: int
+    seq_len: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_len < 1:
+            raise CharRNNError("--batch-size and --seq-len must be at least 1")
+        self.chunks = chunk(self.ids, self.seq_len)
+        if len(self.chunks) < self.batch_size:
+            need = self.batch_size * (self.seq_len + 1)
+            raise CharRNNError(
+                f"the training text ({len(self.ids):,} characters) is too short for one batch of "
+                f"{self.batch_size} x {self.seq_len + 1} = {need:,} characters; "
+                "lower --batch-size or --seq-len, or give more text"
+            )
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return len(self.chunks) // self.batch_size
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The chunk permutation of `epoch`, a pure function of (seed, epoch)."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.chunks), generator=generator)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields (inputs, targets), each (batch, seq_len) int64, from step `start` of `epoch`."""
+        order = self.order(epoch).numpy()
+        for step in range(start, len(self)):
+            rows = self.chunks[order[step * self.batch_size : (step + 1) * self.batch_size]]
+            batch = torch.from_numpy(rows.astype(np.int64))  # (batch, seq_len + 1)
+            yield batch[:, :-1], batch[:, 1:]
+
+
+def eval_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every chunk once, in order (the last batch may be smaller), plus the leftover tail if it has
+    at least two characters, so evaluation scores (almost) every character of the text."""
+    chunks = chunk(ids, seq_len)
+    for start in range(0, len(chunks), batch_size):
+        batch = torch.from_numpy(chunks[start : start + batch_size].astype(np.int64))
+        yield batch[:, :-1], batch[:, 1:]
+    tail = ids[len(chunks) * (seq_len + 1) :]
+    if len(tail) >= 2:
+        batch = torch.from_numpy(tail.astype(np.int64))[None]  # (1, tail)
+        yield batch[:, :-1], batch[:, 1:]

@@ -1,0 +1,140 @@
+"""The Python API for a trained model: `charrnn.load(RUN)` -> CharModel with generate / stream / evaluate.
+
+The CLI (and the server) call exactly these methods. Generation primes each distinct prompt once, then
+samples all rows of the batch together, carrying the recurrent state one character at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import load_run, read_metrics
+from .config import ModelConfig, TrainConfig
+from .errors import CharRNNError
+from .model import CharRNN, count_parameters
+from .sampling import check_sampling, sample
+from .train import evaluate_loss, resolve_device
+from .vocab import Vocab
+
+# Tried in order when the prompt is empty: a fresh line is the most neutral start for most texts.
+_DEFAULT_PRIMERS = ("\n", " ", ".")
+
+
+class CharModel:
+    """A trained model with its vocabulary, ready to generate."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, train_config: TrainConfig | None = None,
+                 corpus: dict[str, Any] | None = None, run_dir: Path | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.config: ModelConfig = model.config
+        self.train_config = train_config
+        self.corpus = corpus or {}
+        self.run_dir = run_dir
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.dense.weight.device
+
+    def describe(self) -> dict[str, Any]:
+        """Architecture, vocabulary, parameters and the run's last training metrics."""
+        epochs = [m for m in read_metrics(self.run_dir) if m.get("kind") == "epoch"] if self.run_dir else []
+        return {
+            "vocab_size": len(self.vocab),
+            "cell": self.config.cell,
+            "num_layers": self.config.num_layers,
+            "embedding_size": self.config.embedding_size,
+            "hidden_size": self.config.hidden_size,
+            "parameters": count_parameters(self.model),
+            "corpus": self.corpus,
+            "last_epoch": epochs[-1] if epochs else None,
+        }
+
+    # -- generation ---------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
+        """Ids to prime with, and whether they come from the user's prompt (else a default primer)."""
+        if not isinstance(prompt, str):
+            raise CharRNNError(f"prompt must be a string; got {type(prompt).__name__}")
+        missing = self.vocab.unknown(prompt)
+        if missing and not drop_unknown:
+            shown = ", ".join(repr(c) for c in missing[:10])
+            raise CharRNNError(
+                f"the prompt has character(s) the model never saw: {shown}; remove them or drop them "
+                "(--drop-unknown on the command line, drop_unknown=True in Python)"
+            )
+        ids = self.vocab.encode(prompt, drop_unknown=True)
+        if len(ids):
+            return ids, True
+        primer = next((c for c in _DEFAULT_PRIMERS if c in self.vocab), self.vocab.chars[0])
+        return self.vocab.encode(primer), False
+
+    @torch.inference_mode()
+    def _prime(self, prompts: Sequence[str], num_samples: int, drop_unknown: bool):
+        """Run each distinct prompt once; returns (visible prompt texts, logits (batch, vocab), state)."""
+        texts, logits, states = [], [], []
+        for prompt in prompts:
+            ids, shown = self._prompt_ids(prompt, drop_unknown)
+            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device))
+            texts += [self.vocab.decode(ids) if shown else ""] * num_samples
+            logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
+            states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
+        return texts, torch.cat(logits), torch.cat(states, dim=1).contiguous()
+
+    def stream(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
+               drop_unknown: bool = False) -> Iterator[list[str]]:
+        """Yield the text as it is produced: first the prompts, then one character per sample per step.
+
+        Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
+        then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise CharRNNError("give at least one prompt")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise CharRNNError(f"length must be a non-negative integer; got {length!r}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise CharRNNError(f"num_samples must be a positive integer; got {num_samples!r}")
+        check_sampling(temperature, top_k, top_p)
+        rng = np.random.default_rng(seed)
+        texts, logits, state = self._prime(prompts, num_samples, drop_unknown)
+        yield texts
+        chars = self.vocab.chars
+        with torch.inference_mode():
+            for step in range(length):
+                next_ids = sample(logits.float().cpu().numpy(), rng, temperature, top_k, top_p)  # (batch,)
+                yield [chars[i] for i in next_ids]
+                if step + 1 < length:
+                    inputs = torch.from_numpy(next_ids).to(self.device)[:, None]  # (batch, 1)
+                    out, state = self.model(inputs, state)
+                    logits = out[:, -1]
+
+    def generate(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
+                 drop_unknown: bool = False) -> list[str]:
+        """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
+        pieces: list[list[str]] = []
+        for step in self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown):
+            pieces.append(step)
+        return ["".join(column) for column in zip(*pieces)]
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate(self, text: str, drop_unknown: bool = False, seq_len: int | None = None, batch_size: int = 64) -> dict[str, float]:
+        """Mean cross-entropy of `text` in nats/char and bits/char, chunked as in training."""
+        ids = self.vocab.encode(text, drop_unknown=drop_unknown)
+        if len(ids) < 2:
+            raise CharRNNError("the evaluation text needs at least two known characters")
+        seq_len = seq_len or (self.train_config.seq_len if self.train_config else 100)
+        loss = evaluate_loss(self.model, ids, seq_len, batch_size)
+        return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids))}
+
+
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> CharModel:
+    """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists)."""
+    run_dir = Path(run_dir)
+    model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
+    return CharModel(model, vocab, train_config, corpus, run_dir)

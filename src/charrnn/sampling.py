@@ -1,0 +1,73 @@
+"""Pure sampling functions on next-character logits.
+
+numpy only, no torch: the same code, and the same random numbers, drive the PyTorch model and any
+exported runtime, so a seed means the same text everywhere. The randomness is one
+`numpy.random.Generator`; each step draws one uniform per row and inverts the row's CDF, so the text
+depends only on (seed, logits), not on the backend's RNG.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import numpy as np
+
+from .errors import CharRNNError
+
+
+def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> None:
+    """Raise a CharRNNError that says what to pass instead if any setting is invalid."""
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or not math.isfinite(temperature) or temperature < 0:
+        raise CharRNNError(f"temperature must be a non-negative finite number (0 means greedy); got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, Integral) or top_k < 0:
+        raise CharRNNError(f"top_k must be a non-negative integer (0 disables it); got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, Real) or not (0 < top_p <= 1):
+        raise CharRNNError(f"top_p must be a number in (0, 1] (1 disables it); got {top_p!r}")
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """(batch, vocab) logits -> (batch, vocab) float64 probabilities after temperature, top-k, top-p.
+
+    Temperature 0 puts all mass on the arg-max (the first one on ties)."""
+    check_sampling(temperature, top_k, top_p)
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (batch, vocab); got shape {logits.shape}")
+    batch, vocab = logits.shape
+    if temperature == 0:
+        probs = np.zeros_like(logits)
+        probs[np.arange(batch), logits.argmax(axis=1)] = 1.0
+        return probs
+    scaled = logits / temperature
+    if 0 < top_k < vocab:
+        # Everything below the k-th largest logit is removed (ties with it are kept).
+        kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k : vocab - top_k + 1]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(axis=1, keepdims=True)
+    if top_p < 1.0:
+        # Keep the smallest set of most likely characters whose mass reaches top_p: a character stays
+        # when the mass of those more likely than it is still below top_p (so the first always stays).
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs
+        keep_sorted = mass_before < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=1)
+        probs = np.where(keep, probs, 0.0)
+        probs /= probs.sum(axis=1, keepdims=True)
+    return probs
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """Draw one id per row of (batch, vocab) logits; returns (batch,) int64."""
+    probs = probabilities(logits, temperature, top_k, top_p)
+    if temperature == 0:
+        return probs.argmax(axis=1)
+    cdf = np.cumsum(probs, axis=1)
+    # u in (0, 1]: the first index whose CDF reaches u * total always has non-zero probability.
+    u = 1.0 - rng.random(probs.shape[0])
+    ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
+    return np.minimum(ids, probs.shape[1] - 1)

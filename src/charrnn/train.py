@@ -1,0 +1,351 @@
+"""Training: the tutorial's loop (Adam, cross-entropy from logits, a checkpoint every epoch), made
+resumable and observable.
+
+Use `Trainer.create(...)` / `Trainer.resume(...)` and `fit()`, or build your own loop from the pieces:
+`trainer.batches.epoch(e)`, `trainer.train_step(inputs, targets)`, `trainer.evaluate()` and
+`trainer.save_checkpoint()`. Callbacks get `on_step(trainer, loss)` and `on_epoch_end(trainer, record)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .config import ModelConfig, TrainConfig
+from .corpus import BUILTINS, load_text
+from .data import Batches, eval_batches, split
+from .errors import CharRNNError
+from .files import atomic_write_text
+from .model import CharRNN, summary
+from .plot import plot_losses
+from .vocab import Vocab
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise CharRNNError(f"device must be auto, cpu or cuda; got {name!r}")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def evaluate_loss(model: CharRNN, ids: np.ndarray, seq_len: int, batch_size: int) -> float:
+    """Mean cross-entropy (nats/char) over `ids`, chunked like training, state reset per chunk."""
+    was_training = model.training
+    model.eval()
+    device = model.dense.weight.device
+    total, count = 0.0, 0
+    for inputs, targets in eval_batches(ids, seq_len, batch_size):
+        logits, _ = model(inputs.to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(device), reduction="sum").item()
+        count += targets.numel()
+    model.train(was_training)
+    if count == 0:
+        raise CharRNNError(f"evaluation text is shorter than two characters; nothing to score")
+    return total / count
+
+
+class Callback:
+    """Override what you need; `fit` calls these after each step and each epoch."""
+
+    def on_step(self, trainer: "Trainer", loss: float) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class FitResult:
+    status: str  # "finished", "early_stopped", "max_steps" or "interrupted"
+    epoch: int
+    global_step: int
+    best_val_loss: float | None
+
+
+class Progress:
+    """One line per epoch, redrawn in place on a terminal; a few plain lines per epoch otherwise."""
+
+    def __init__(self, out: TextIO, epoch: int, epochs: int, steps: int):
+        self.out, self.epoch, self.epochs, self.steps = out, epoch, epochs, steps
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.every = max(1, steps // 10)
+        self.started = time.perf_counter()
+        self.done = 0
+
+    def update(self, step: int, loss: float) -> None:
+        self.done += 1
+        if not self.tty and step % self.every and step != self.steps:
+            return
+        elapsed = time.perf_counter() - self.started
+        ms = 1000 * elapsed / self.done
+        eta = ms * (self.steps - step) / 1000
+        width = 24
+        filled = int(width * step / self.steps)
+        bar = "#" * filled + "." * (width - filled)
+        line = (f"epoch {self.epoch + 1}/{self.epochs} [{bar}] {step}/{self.steps} "
+                f"{ms:.0f} ms/step loss {loss:.4f} ETA {int(eta // 60)}:{int(eta % 60):02d}")
+        self.out.write(("\r" + line) if self.tty else (line + "\n"))
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.out.write("\n")
+            self.out.flush()
+
+
+class Trainer:
+    """Owns the model, optimizer, data and run directory of one training run."""
+
+    def __init__(self, run_dir: Path, model: CharRNN, vocab: Vocab, train_ids: np.ndarray, val_ids: np.ndarray,
+                 config: TrainConfig, callbacks: Sequence[Callback] = (), out: TextIO | None = None):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.vocab = vocab
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.batches = Batches(train_ids, config.batch_size, config.seq_len, config.seed)
+        self.val_ids = val_ids
+        if len(val_ids) and len(val_ids) < 2:
+            raise CharRNNError("the validation part is too short to score; raise --val-fraction or set it to 0")
+        self.callbacks = list(callbacks)
+        self.out = out if out is not None else sys.stderr
+        # Position: `epoch` is the epoch in progress, `step_in_epoch` the steps of it already done.
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.epoch_loss_sum = 0.0
+        self.best_val_loss: float | None = None
+        self.bad_epochs = 0
+        self._stop_requested = False
+
+    # -- construction -------------------------------------------------------------------------------
+    @staticmethod
+    def _load_data(config: TrainConfig, data_dir=None):
+        corpus = load_text(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir)
+        vocab = Vocab.from_text(corpus.text)
+        train_ids, val_ids = split(vocab.encode(corpus.text), config.val_fraction)
+        return corpus, vocab, train_ids, val_ids
+
+    @classmethod
+    def create(cls, run_dir: str | Path, config: TrainConfig = TrainConfig(), model: dict[str, Any] | None = None,
+               data_dir=None, callbacks: Sequence[Callback] = (), out: TextIO | None = None) -> "Trainer":
+        """Start a new run in `run_dir` (which must not hold one). `model`: ModelConfig fields except
+        vocab_size, which comes from the text."""
+        run_dir = Path(run_dir)
+        if ckpt.is_run(run_dir):
+            raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+        text = config.text
+        if text not in BUILTINS and not text.startswith(("http://", "https://")):
+            # Absolute, so `--resume` works from any working directory.
+            config = dataclasses.replace(config, text=str(Path(text).expanduser().absolute()))
+        corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
+        model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
+        torch.manual_seed(config.seed)
+        trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / ckpt.METRICS).unlink(missing_ok=True)
+        vocab.save(run_dir / ckpt.VOCAB)
+        ckpt.save_config(run_dir, model_config, config, {
+            "name": corpus.name, "source": corpus.source, "chars": len(corpus.text), "sha256": corpus.sha256,
+            "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
+        })
+        return trainer
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, data_dir=None, callbacks: Sequence[Callback] = (), out: TextIO | None = None,
+               **overrides: Any) -> "Trainer":
+        """Continue a run exactly where its last checkpoint left it. Only the stopping criteria and the
+        housekeeping may change: epochs, max_steps, patience, device, checkpoint_every, log_every."""
+        run_dir = Path(run_dir)
+        model_config, config, corpus_info = ckpt.load_config(run_dir)
+        allowed = {"epochs", "max_steps", "patience", "device", "checkpoint_every", "log_every"}
+        changed = sorted(k for k, v in overrides.items() if getattr(config, k, object()) != v and k not in allowed)
+        if changed:
+            raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
+        config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in allowed})
+        state = ckpt.load_trainer_state(run_dir / ckpt.TRAINER_STATE)
+        corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
+        if corpus_info.get("sha256") and corpus.sha256 != corpus_info["sha256"]:
+            raise CharRNNError(f"the training text {config.text} changed since this run started; resume needs the same text")
+        if vocab != Vocab.load(run_dir / ckpt.VOCAB):
+            raise CharRNNError(f"{run_dir}/vocab.json does not match the training text")
+        model = CharRNN(model_config)
+        model.load_state_dict(state["model"])
+        trainer = cls(run_dir, model, vocab, train_ids, val_ids, config, callbacks, out)
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs"):
+            setattr(trainer, name, state[name])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        trainer._truncate_metrics()
+        ckpt.save_config(run_dir, model_config, config, corpus_info)
+        return trainer
+
+    # -- the pieces of the loop ---------------------------------------------------------------------
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss."""
+        self.model.train()
+        logits, _ = self.model(inputs.to(self.device))  # (batch, time, vocab)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        return loss.item()
+
+    def evaluate(self, ids: np.ndarray | None = None) -> float | None:
+        """Validation loss in nats/char (None when the run has no validation split)."""
+        ids = self.val_ids if ids is None else ids
+        if len(ids) < 2:
+            return None
+        return evaluate_loss(self.model, ids, self.config.seq_len, self.config.batch_size)
+
+    def save_checkpoint(self) -> None:
+        """Write latest.safetensors and the resumable trainer state, both atomically."""
+        state = {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
+            "epoch_loss_sum": self.epoch_loss_sum, "best_val_loss": self.best_val_loss, "bad_epochs": self.bad_epochs,
+            "rng": torch.get_rng_state(),
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        ckpt.save_trainer_state(self.run_dir / ckpt.TRAINER_STATE, state)
+        ckpt.save_weights(self.run_dir / ckpt.LATEST, self.model, epoch=self.epoch, step=self.global_step)
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _truncate_metrics(self) -> None:
+        # Lines written after the checkpoint we resume from describe steps that will be redone.
+        kept = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.global_step]
+        atomic_write_text(self.run_dir / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def _end_epoch(self, seconds: float, complete: bool) -> dict[str, Any]:
+        steps = self.step_in_epoch
+        train_loss = self.epoch_loss_sum / steps if steps else float("nan")
+        val_loss = self.evaluate()
+        record = {
+            "kind": "epoch", "epoch": self.epoch + 1, "step": self.global_step, "complete": complete,
+            "train_loss": train_loss, "val_loss": val_loss,
+            "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
+            "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps),
+        }
+        improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
+        if improved:
+            self.best_val_loss, self.bad_epochs = val_loss, 0
+            ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
+        elif val_loss is not None and complete:
+            self.bad_epochs += 1
+        if complete:
+            self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
+        self._log(record)
+        self.save_checkpoint()
+        plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
+        val_text = "" if val_loss is None else f", val loss {val_loss:.4f} ({val_loss / math.log(2):.3f} bits/char)"
+        self._say(f"epoch {record['epoch']}{'' if complete else ' (partial)'}: train loss {train_loss:.4f}{val_text}, "
+                  f"{seconds:.1f} s ({record['ms_per_step']:.0f} ms/step)" + (" *best*" if improved else ""))
+        for callback in self.callbacks:
+            callback.on_epoch_end(self, record)
+        return record
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop_requested:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self._stop_requested = True
+        self._say("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)")
+
+    def request_stop(self) -> None:
+        """Stop after the current step, save, and return from fit() with status 'interrupted'."""
+        self._stop_requested = True
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def fit(self) -> FitResult:
+        cfg = self.config
+        steps = len(self.batches)
+        if self.epoch >= cfg.epochs:
+            self._say(f"the run already finished {self.epoch} epoch(s); pass --epochs N (N > {self.epoch}) to train longer")
+            return FitResult("finished", self.epoch, self.global_step, self.best_val_loss)
+        if self.global_step == 0:
+            self._say(summary(self.model))
+            inputs, targets = next(self.batches.epoch(0))
+            untrained = self._untrained_loss(inputs, targets)
+            self._say(f"untrained loss {untrained:.4f} (ln {len(self.vocab)} = {math.log(len(self.vocab)):.4f}: a uniform guess)")
+        self._say(f"training on {self.device.type}: {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
+                  f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
+        status = "finished"
+        try:
+            while self.epoch < cfg.epochs:
+                started = time.perf_counter()
+                progress = Progress(self.out, self.epoch, cfg.epochs, steps)
+                for inputs, targets in self.batches.epoch(self.epoch, start=self.step_in_epoch):
+                    loss = self.train_step(inputs, targets)
+                    self.step_in_epoch += 1
+                    self.global_step += 1
+                    self.epoch_loss_sum += loss
+                    progress.update(self.step_in_epoch, loss)
+                    for callback in self.callbacks:
+                        callback.on_step(self, loss)
+                    if self.global_step % cfg.log_every == 0:
+                        self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss})
+                    if self._stop_requested:
+                        status = "interrupted"
+                        break
+                    if cfg.max_steps and self.global_step >= cfg.max_steps:
+                        status = "max_steps"
+                        break
+                    if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                progress.close()
+                if status == "interrupted":
+                    self.save_checkpoint()
+                    self._say(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{steps}; checkpoint saved. "
+                              f"Resume with: charrnn train --resume {self.run_dir}")
+                    break
+                self._end_epoch(time.perf_counter() - started, complete=status != "max_steps")
+                if status == "max_steps":
+                    self._say(f"stopped at --max-steps {cfg.max_steps}")
+                    break
+                if cfg.patience and self.bad_epochs >= cfg.patience:
+                    status = "early_stopped"
+                    self._say(f"validation loss has not improved for {self.bad_epochs} epoch(s): stopping early (--patience {cfg.patience})")
+                    break
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        return FitResult(status, self.epoch, self.global_step, self.best_val_loss)
+
+    @torch.inference_mode()
+    def _untrained_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        # The tutorial's sanity check: before training, the loss should be close to ln(vocab).
+        self.model.eval()
+        logits, _ = self.model(inputs.to(self.device))
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device)).item()
