@@ -19,7 +19,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "epoch"]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if steps:
-        ax.plot(*zip(*steps), label="train (running)", color="tab:blue", alpha=0.5, linewidth=1)
+        ax.plot(*zip(*steps), label="train (logged steps)", color="tab:blue", alpha=0.5, linewidth=1)
     if train:
         ax.plot(*zip(*train), "o-", label="train (epoch mean)", color="tab:blue")
     if val:
