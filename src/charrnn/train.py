@@ -311,7 +311,7 @@ class Trainer:
                     self.step_in_epoch += 1
                     self.global_step += 1
                     self.epoch_loss_sum += loss
-                    progress.update(self.step_in_epoch, loss)
+                    progress.update(self.step_in_epoch, self.epoch_loss_sum / self.step_in_epoch)  # running mean
                     for callback in self.callbacks:
                         callback.on_step(self, loss)
                     if self.global_step % cfg.log_every == 0:
