@@ -139,10 +139,11 @@ def test_resume_refuses_changed_settings_and_extends_epochs(small_text, tmp_path
 
 
 def test_patience_stops_early(small_text, tmp_path):
-    # A learning rate this high makes validation worse after the first epoch.
-    config = dataclasses.replace(_config(small_text, patience=1), epochs=6, lr=0.5)
-    result = Trainer.create(tmp_path / "p", config, TINY, **QUIET).fit()
-    assert result.status == "early_stopped" and result.epoch < 6
+    trainer = Trainer.create(tmp_path / "p", dataclasses.replace(_config(small_text, patience=2), epochs=10), TINY, **QUIET)
+    losses = iter([2.0, 1.9, 1.95, 1.91, 1.92, 1.5])  # best at epoch 2, then two epochs without improving
+    trainer.evaluate = lambda ids=None: next(losses)
+    result = trainer.fit()
+    assert result.status == "early_stopped" and result.epoch == 4 and result.best_val_loss == 1.9
 
 
 def test_no_validation_split_reproduces_tutorial_and_uses_latest(small_text, tmp_path):

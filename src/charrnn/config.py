@@ -12,6 +12,7 @@ from .errors import CharRNNError
 
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TrainConfig:
     clip: float = 0.0  # clip the gradient norm to this; 0 = off
     seed: int = 0  # seeds weights, shuffling and dropout: same seed, same run
     device: str = "auto"  # auto (cuda when available), cpu or cuda
+    precision: str = "auto"  # matrix products in bf16 or fp32; auto = bf16 where the hardware does it natively
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
     checkpoint_every: int = 200  # also save the latest checkpoint every N steps; 0 = epoch ends only
     log_every: int = 10  # write a metrics line every N steps
@@ -72,6 +74,8 @@ class TrainConfig:
             raise CharRNNError(f"clip must be >= 0 (0 = off); got {self.clip}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise CharRNNError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
+        if self.precision not in PRECISIONS:
+            raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.device not in DEVICES:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
 

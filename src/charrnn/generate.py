@@ -16,21 +16,26 @@ import torch
 from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
-from .model import CharRNN, count_parameters
+from .model import CharRNN, Stepper, bf16_native, count_parameters, resolve_precision
 from .sampling import check_sampling, sample
 from .train import evaluate_loss, resolve_device
 from .vocab import Vocab
 
 # Tried in order when the prompt is empty: a fresh line is the most neutral start for most texts.
 _DEFAULT_PRIMERS = ("\n", " ", ".")
+# With precision "auto", batches at least this large generate with bf16 weights where the hardware has
+# native bf16: below it, one row's product is bound by reading the weights and fp32 is as fast (bench/).
+BF16_MIN_BATCH = 8
 
 
 class CharModel:
     """A trained model with its vocabulary, ready to generate."""
 
     def __init__(self, model: CharRNN, vocab: Vocab, train_config: TrainConfig | None = None,
-                 corpus: dict[str, Any] | None = None, run_dir: Path | None = None):
+                 corpus: dict[str, Any] | None = None, run_dir: Path | None = None, precision: str = "auto"):
         self.model = model.eval()
+        resolve_precision(precision, self.device)  # validates
+        self.precision = precision
         self.vocab = vocab
         self.config: ModelConfig = model.config
         self.train_config = train_config
@@ -73,13 +78,20 @@ class CharModel:
         primer = next((c for c in _DEFAULT_PRIMERS if c in self.vocab), self.vocab.chars[0])
         return self.vocab.encode(primer), False
 
+    def dtype_for(self, batch: int) -> torch.dtype:
+        """The matrix-product dtype used to generate a batch of this size."""
+        if self.precision == "auto":
+            fast = batch >= BF16_MIN_BATCH and bf16_native(self.device)
+            return torch.bfloat16 if fast else torch.float32
+        return resolve_precision(self.precision, self.device)
+
     @torch.inference_mode()
-    def _prime(self, prompts: Sequence[str], num_samples: int, drop_unknown: bool):
+    def _prime(self, prompts: Sequence[str], num_samples: int, drop_unknown: bool, dtype: torch.dtype):
         """Run each distinct prompt once; returns (visible prompt texts, logits (batch, vocab), state)."""
         texts, logits, states = [], [], []
         for prompt in prompts:
             ids, shown = self._prompt_ids(prompt, drop_unknown)
-            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device))
+            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device), dtype=dtype)
             texts += [self.vocab.decode(ids) if shown else ""] * num_samples
             logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
             states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
@@ -101,17 +113,16 @@ class CharModel:
             raise CharRNNError(f"num_samples must be a positive integer; got {num_samples!r}")
         check_sampling(temperature, top_k, top_p)
         rng = np.random.default_rng(seed)
-        texts, logits, state = self._prime(prompts, num_samples, drop_unknown)
+        dtype = self.dtype_for(len(prompts) * num_samples)
+        texts, logits, state = self._prime(prompts, num_samples, drop_unknown, dtype)
         yield texts
         chars = self.vocab.chars
-        with torch.inference_mode():
-            for step in range(length):
-                next_ids = sample(logits.float().cpu().numpy(), rng, temperature, top_k, top_p)  # (batch,)
-                yield [chars[i] for i in next_ids]
-                if step + 1 < length:
-                    inputs = torch.from_numpy(next_ids).to(self.device)[:, None]  # (batch, 1)
-                    out, state = self.model(inputs, state)
-                    logits = out[:, -1]
+        stepper = Stepper(self.model, dtype)
+        for step in range(length):
+            next_ids = sample(logits.cpu().numpy(), rng, temperature, top_k, top_p)  # (batch,)
+            yield [chars[i] for i in next_ids]
+            if step + 1 < length:
+                logits, state = stepper.step(torch.from_numpy(next_ids).to(self.device), state)
 
     def generate(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
@@ -133,8 +144,9 @@ class CharModel:
         return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids))}
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu") -> CharModel:
-    """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists)."""
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:
+    """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists).
+    precision: 'fp32', 'bf16', or 'auto' (bf16 for batches where it is faster on this hardware)."""
     run_dir = Path(run_dir)
     model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
-    return CharModel(model, vocab, train_config, corpus, run_dir)
+    return CharModel(model, vocab, train_config, corpus, run_dir, precision)

@@ -29,7 +29,7 @@ from .corpus import BUILTINS, load_text
 from .data import Batches, eval_batches, split
 from .errors import CharRNNError
 from .files import atomic_write_text
-from .model import CharRNN, summary
+from .model import CharRNN, precision_name, resolve_precision, summary
 from .plot import plot_losses
 from .vocab import Vocab
 
@@ -118,6 +118,8 @@ class Trainer:
         self.vocab = vocab
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
+        self.model.compute_dtype = resolve_precision(config.precision, self.device)
+        self.precision = precision_name(self.model.compute_dtype)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.batches = Batches(train_ids, config.batch_size, config.seq_len, config.seed)
         self.val_ids = val_ids
@@ -176,7 +178,7 @@ class Trainer:
         housekeeping may change: epochs, max_steps, patience, device, checkpoint_every, log_every."""
         run_dir = Path(run_dir)
         model_config, config, corpus_info = ckpt.load_config(run_dir)
-        allowed = {"epochs", "max_steps", "patience", "device", "checkpoint_every", "log_every"}
+        allowed = {"epochs", "max_steps", "patience", "device", "precision", "checkpoint_every", "log_every"}
         changed = sorted(k for k, v in overrides.items() if getattr(config, k, object()) != v and k not in allowed)
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
@@ -256,7 +258,7 @@ class Trainer:
             "kind": "epoch", "epoch": self.epoch + 1, "step": self.global_step, "complete": complete,
             "train_loss": train_loss, "val_loss": val_loss,
             "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
-            "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps),
+            "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps), "precision": self.precision,
         }
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
@@ -298,7 +300,7 @@ class Trainer:
             inputs, targets = next(self.batches.epoch(0))
             untrained = self._untrained_loss(inputs, targets)
             self._say(f"untrained loss {untrained:.4f} (ln {len(self.vocab)} = {math.log(len(self.vocab)):.4f}: a uniform guess)")
-        self._say(f"training on {self.device.type}: {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
+        self._say(f"training on {self.device.type} ({self.precision}, {torch.get_num_threads()} threads): {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
                   f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
         previous = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
         status = "finished"
@@ -315,7 +317,8 @@ class Trainer:
                     for callback in self.callbacks:
                         callback.on_step(self, loss)
                     if self.global_step % cfg.log_every == 0:
-                        self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss})
+                        self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss,
+                                   "precision": self.precision})
                     if self._stop_requested:
                         status = "interrupted"
                         break
