@@ -123,9 +123,10 @@ def test_resume_after_interruption_gives_identical_weights(small_text, tmp_path)
     assert resumed.fit().status == "finished"
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    metrics = lambda run: [json.loads(x) for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-    assert metrics("part") == [{**m, "seconds": m2["seconds"], "ms_per_step": m2["ms_per_step"]} if m["kind"] == "epoch" else m
-                               for m, m2 in zip(metrics("whole"), metrics("part"))]
+    timing = ("seconds", "ms_per_step", "elapsed")  # wall-clock figures differ from run to run
+    metrics = lambda run: [{k: v for k, v in json.loads(x).items() if k not in timing}
+                           for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert metrics("part") == metrics("whole")
 
 
 def test_resume_refuses_changed_settings_and_extends_epochs(small_text, tmp_path):

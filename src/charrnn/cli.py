@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import CELLS, DEVICES, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, TrainConfig, from_dict
 from .errors import CharRNNError
+from .presets import PRESETS, preset
 
 S = argparse.SUPPRESS  # flags not given stay absent, so config files and resumed runs are not overridden
 
@@ -29,10 +30,13 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seq-len", type=int, default=S, help=f"characters per sequence (default {d.seq_len})")
     g.add_argument("--epochs", type=int, default=S, help=f"passes over the text (default {d.epochs})")
     g.add_argument("--max-steps", type=int, default=S, help="stop after this many steps in total (default 0 = no limit)")
+    g.add_argument("--max-minutes", type=float, default=S, help="stop after this much training time, with a checkpoint (default 0 = no limit)")
     g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {d.lr})")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=S, help="constant (default), or cosine decay to lr/10 over the planned steps")
     g.add_argument("--clip", type=float, default=S, help="clip the gradient norm (default 0 = off)")
     g.add_argument("--seed", type=int, default=S, help=f"random seed (default {d.seed})")
     g.add_argument("--device", choices=DEVICES, default=S, help="auto (default), cpu or cuda")
+    g.add_argument("--precision", choices=PRECISIONS, default=S, help="matrix products in bf16 or fp32; auto (default) = bf16 where the hardware does it natively")
     g.add_argument("--patience", type=int, default=S, help="stop after N epochs without validation improvement (default 0 = off)")
     g.add_argument("--checkpoint-every", type=int, default=S, help=f"also save every N steps (default {d.checkpoint_every}; 0 = epoch ends only)")
     g.add_argument("--log-every", type=int, default=S, help=f"metrics line every N steps (default {d.log_every})")
@@ -76,14 +80,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     train_fields, model_fields = _fields(TrainConfig, args), _fields(ModelConfig, args)
     if args.resume:
-        if model_fields or args.config:
-            raise CharRNNError("--resume continues the run's own model and settings; drop the model flags and --config")
+        if model_fields or args.config or args.preset:
+            raise CharRNNError("--resume continues the run's own model and settings; drop the model flags, --config and --preset")
         trainer = Trainer.resume(args.resume, data_dir=args.data_dir, **train_fields)
     else:
+        preset_model, preset_train = preset(args.preset) if args.preset else ({}, {})
         file_model, file_train = _read_config_file(args.config) if args.config else ({}, {})
-        config = from_dict(TrainConfig, {**file_train, **train_fields}, "train settings")
+        config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
-        trainer = Trainer.create(run_dir, config, {**file_model, **model_fields}, data_dir=args.data_dir)
+        trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
     result = trainer.fit()
     if result.status == "interrupted":
         return 130
@@ -163,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (or resume one)", description="Train a model on a text; writes a run directory.")
     p.add_argument("--run", type=Path, help="run directory to create (default runs/<text name>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted or finished run")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (see README); --config and flags override it")
     p.add_argument("--config", help="JSON file {\"model\": {...}, \"train\": {...}}; flags override it")
     p.add_argument("--data-dir", help="folder searched first for built-in corpora (default $CHARRNN_DATA_DIR)")
     _train_flags(p)

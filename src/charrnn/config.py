@@ -12,6 +12,7 @@ from .errors import CharRNNError
 
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -24,7 +25,8 @@ class ModelConfig:
     hidden_size: int = 1024  # units per recurrent layer
     num_layers: int = 1  # stacked recurrent layers
     cell: str = "gru"  # recurrent cell: gru, lstm or rnn (tanh)
-    dropout: float = 0.0  # dropout between recurrent layers and before the output layer
+    dropout: float = 0.0  # dropout between recurrent layers and before the output layer (for a GRU
+    #                        on CPU, one mask per sequence shared across time steps: locked dropout)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
@@ -48,7 +50,9 @@ class TrainConfig:
     seq_len: int = 100  # characters per training sequence
     epochs: int = 20  # passes over the training text
     max_steps: int = 0  # stop after this many optimizer steps in total; 0 = no limit
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time in total; 0 = no limit
     lr: float = 1e-3  # Adam learning rate
+    lr_schedule: str = "constant"  # constant, or cosine: decay to lr/10 over the planned steps (epochs or max_steps)
     clip: float = 0.0  # clip the gradient norm to this; 0 = off
     seed: int = 0  # seeds weights, shuffling and dropout: same seed, same run
     device: str = "auto"  # auto (cuda when available), cpu or cuda
@@ -72,6 +76,10 @@ class TrainConfig:
             raise CharRNNError(f"lr must be a positive number; got {self.lr}")
         if not (math.isfinite(self.clip) and self.clip >= 0):
             raise CharRNNError(f"clip must be >= 0 (0 = off); got {self.clip}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise CharRNNError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+        if not (math.isfinite(self.max_minutes) and self.max_minutes >= 0):
+            raise CharRNNError(f"max_minutes must be >= 0 (0 = no limit); got {self.max_minutes}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise CharRNNError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.precision not in PRECISIONS:

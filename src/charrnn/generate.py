@@ -119,7 +119,7 @@ class CharModel:
         chars = self.vocab.chars
         stepper = Stepper(self.model, dtype)
         for step in range(length):
-            next_ids = sample(logits.cpu().numpy(), rng, temperature, top_k, top_p)  # (batch,)
+            next_ids = sample(logits.cpu().numpy(), rng, temperature, top_k, top_p, checked=True)  # (batch,)
             yield [chars[i] for i in next_ids]
             if step + 1 < length:
                 logits, state = stepper.step(torch.from_numpy(next_ids).to(self.device), state)

@@ -103,6 +103,23 @@ void NAME(int64_t batch, int64_t H, int threads, float *dh, const float *gy, con
 
 BACKWARD(gru_backward_f32, float, from_f32, to_f32)
 BACKWARD(gru_backward_bf16, uint16_t, from_bf16, to_bf16)
+
+/* dst[c * dst_stride + r] = src[r * cols + c]: a (rows, cols) block written transposed into a wider
+   matrix. Blocks of 64 columns keep the destination lines being filled in L1. */
+#define TRANSPOSE(NAME, T)                                                                        \
+void NAME(int64_t rows, int64_t cols, int threads, const T *src, T *dst, int64_t dst_stride) {    \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                             \
+    for (int64_t c0 = 0; c0 < cols; c0 += 64) {                                                   \
+        int64_t c1 = c0 + 64 < cols ? c0 + 64 : cols;                                             \
+        for (int64_t r = 0; r < rows; ++r) {                                                      \
+            const T *restrict s = src + r * cols;                                                 \
+            for (int64_t c = c0; c < c1; ++c) dst[c * dst_stride + r] = s[c];                     \
+        }                                                                                         \
+    }                                                                                             \
+}
+
+TRANSPOSE(transpose_f32, float)
+TRANSPOSE(transpose_bf16, uint16_t)
 """
 
 # -ffast-math (whole: any -fno-... part of it undefines __FAST_MATH__) is what makes glibc declare its
@@ -145,6 +162,9 @@ def _build() -> ctypes.CDLL:
             function = getattr(library, name)
             function.argtypes = [i64, i64, i32] + [ptr] * 9
             function.restype = None
+        transpose = getattr(library, f"transpose_{suffix}")
+        transpose.argtypes = [i64, i64, i32, ptr, ptr, i64]
+        transpose.restype = None
     return library
 
 
@@ -182,7 +202,7 @@ def _suffix(dtype: torch.dtype) -> str:
 def gru_forward(gi, gh, h, h_out, h_low_out, rz, a, b, c) -> None:
     """See SOURCE: every tensor contiguous on CPU, rows of (batch, ...)."""
     batch, hidden = h.shape
-    getattr(_library, f"gru_forward_{_suffix(gh.dtype)}")(batch, hidden, torch.get_num_threads(), _ptr(gi), _ptr(gh), _ptr(h), _ptr(h_out),
+    (_library.gru_forward_bf16 if gh.dtype == torch.bfloat16 else _library.gru_forward_f32)(batch, hidden, torch.get_num_threads(), _ptr(gi), _ptr(gh), _ptr(h), _ptr(h_out),
                             _ptr(h_low_out), _ptr(rz), _ptr(a), _ptr(b), _ptr(c))
 
 
@@ -192,3 +212,10 @@ def gru_backward(dh, gy, gprev, a, b, c, rz, d_gi, d_gh) -> None:
     getattr(_library, f"gru_backward_{_suffix(d_gh.dtype)}")(
         batch, hidden, torch.get_num_threads(), _ptr(dh), _ptr(gy), _ptr(gprev), _ptr(a), _ptr(b), _ptr(c),
         _ptr(rz), _ptr(d_gi), _ptr(d_gh))
+
+
+def transpose_into(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst (cols, rows) = src (rows, cols).t(), where dst may be a column block of a wider matrix whose
+    rows are contiguous (dst.stride(1) == 1)."""
+    rows, cols = src.shape
+    getattr(_library, f"transpose_{_suffix(src.dtype)}")(rows, cols, torch.get_num_threads(), _ptr(src), _ptr(dst), dst.stride(0))

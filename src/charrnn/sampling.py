@@ -26,11 +26,14 @@ def check_sampling(temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0)
         raise CharRNNError(f"top_p must be a number in (0, 1] (1 disables it); got {top_p!r}")
 
 
-def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  checked: bool = False) -> np.ndarray:
     """(batch, vocab) logits -> (batch, vocab) float64 probabilities after temperature, top-k, top-p.
 
-    Temperature 0 puts all mass on the arg-max (the first one on ties)."""
-    check_sampling(temperature, top_k, top_p)
+    Temperature 0 puts all mass on the arg-max (the first one on ties). `checked=True` skips validating
+    the settings (for loops that validated them once)."""
+    if not checked:
+        check_sampling(temperature, top_k, top_p)
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2:
         raise ValueError(f"logits must be (batch, vocab); got shape {logits.shape}")
@@ -39,13 +42,12 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
         probs = np.zeros_like(logits)
         probs[np.arange(batch), logits.argmax(axis=1)] = 1.0
         return probs
-    scaled = logits / temperature
+    scaled = logits / temperature if temperature != 1 else logits
     if 0 < top_k < vocab:
         # Everything below the k-th largest logit is removed (ties with it are kept).
         kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k : vocab - top_k + 1]
         scaled = np.where(scaled < kth, -np.inf, scaled)
-    scaled = scaled - scaled.max(axis=1, keepdims=True)
-    probs = np.exp(scaled)
+    probs = np.exp(scaled - scaled.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     if top_p < 1.0:
         # Keep the smallest set of most likely characters whose mass reaches top_p: a character stays
@@ -61,9 +63,10 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
     return probs
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           checked: bool = False) -> np.ndarray:
     """Draw one id per row of (batch, vocab) logits; returns (batch,) int64."""
-    probs = probabilities(logits, temperature, top_k, top_p)
+    probs = probabilities(logits, temperature, top_k, top_p, checked)
     if temperature == 0:
         return probs.argmax(axis=1)
     cdf = np.cumsum(probs, axis=1)

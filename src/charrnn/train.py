@@ -71,7 +71,7 @@ class Callback:
 
 @dataclass
 class FitResult:
-    status: str  # "finished", "early_stopped", "max_steps" or "interrupted"
+    status: str  # "finished", "early_stopped", "max_steps", "max_minutes" or "interrupted"
     epoch: int
     global_step: int
     best_val_loss: float | None
@@ -134,7 +134,9 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         self.best_val_loss: float | None = None
         self.bad_epochs = 0
+        self.elapsed = 0.0  # seconds spent in fit(), across resumes: what --max-minutes limits
         self._stop_requested = False
+        self._mark = time.perf_counter()
 
     # -- construction -------------------------------------------------------------------------------
     @staticmethod
@@ -178,7 +180,7 @@ class Trainer:
         housekeeping may change: epochs, max_steps, patience, device, checkpoint_every, log_every."""
         run_dir = Path(run_dir)
         model_config, config, corpus_info = ckpt.load_config(run_dir)
-        allowed = {"epochs", "max_steps", "patience", "device", "precision", "checkpoint_every", "log_every"}
+        allowed = {"epochs", "max_steps", "max_minutes", "patience", "device", "precision", "checkpoint_every", "log_every"}
         changed = sorted(k for k, v in overrides.items() if getattr(config, k, object()) != v and k not in allowed)
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
@@ -193,7 +195,7 @@ class Trainer:
         model.load_state_dict(state["model"])
         trainer = cls(run_dir, model, vocab, train_ids, val_ids, config, callbacks, out)
         trainer.optimizer.load_state_dict(state["optimizer"])
-        for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs"):
+        for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs", "elapsed"):
             setattr(trainer, name, state[name])
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
@@ -203,9 +205,23 @@ class Trainer:
         return trainer
 
     # -- the pieces of the loop ---------------------------------------------------------------------
+    def planned_steps(self) -> int:
+        return self.config.max_steps or self.config.epochs * len(self.batches)
+
+    def learning_rate(self) -> float:
+        """The learning rate for the next step under the configured schedule."""
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        progress = min(1.0, self.global_step / max(1, self.planned_steps()))
+        low = cfg.lr / 10
+        return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
+
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss."""
         self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
         logits, _ = self.model(inputs.to(self.device))  # (batch, time, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
@@ -229,7 +245,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "epoch_loss_sum": self.epoch_loss_sum, "best_val_loss": self.best_val_loss, "bad_epochs": self.bad_epochs,
-            "rng": torch.get_rng_state(),
+            "elapsed": self.elapsed, "rng": torch.get_rng_state(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -246,6 +262,13 @@ class Trainer:
         kept = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.global_step]
         atomic_write_text(self.run_dir / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def _tick(self) -> float:
+        """Add the time since the last tick to `elapsed`; returns it."""
+        now = time.perf_counter()
+        self.elapsed += now - self._mark
+        self._mark = now
+        return self.elapsed
+
     def _say(self, text: str) -> None:
         self.out.write(text + "\n")
         self.out.flush()
@@ -259,6 +282,7 @@ class Trainer:
             "train_loss": train_loss, "val_loss": val_loss,
             "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
             "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps), "precision": self.precision,
+            "elapsed": None, "lr": self.learning_rate(),
         }
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
@@ -268,6 +292,7 @@ class Trainer:
             self.bad_epochs += 1
         if complete:
             self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
+        record["elapsed"] = self._tick()  # wall time so far, evaluation included
         self._log(record)
         self.save_checkpoint()
         plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
@@ -303,6 +328,7 @@ class Trainer:
         self._say(f"training on {self.device.type} ({self.precision}, {torch.get_num_threads()} threads): {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
                   f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
         previous = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
+        self._mark = time.perf_counter()
         status = "finished"
         try:
             while self.epoch < cfg.epochs:
@@ -318,12 +344,15 @@ class Trainer:
                         callback.on_step(self, loss)
                     if self.global_step % cfg.log_every == 0:
                         self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss,
-                                   "precision": self.precision})
+                                   "lr": self.learning_rate(), "elapsed": self._tick(), "precision": self.precision})
                     if self._stop_requested:
                         status = "interrupted"
                         break
                     if cfg.max_steps and self.global_step >= cfg.max_steps:
                         status = "max_steps"
+                        break
+                    if cfg.max_minutes and self._tick() >= 60 * cfg.max_minutes:
+                        status = "max_minutes"
                         break
                     if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
                         self.save_checkpoint()
@@ -333,9 +362,12 @@ class Trainer:
                     self._say(f"interrupted at epoch {self.epoch + 1}, step {self.step_in_epoch}/{steps}; checkpoint saved. "
                               f"Resume with: charrnn train --resume {self.run_dir}")
                     break
-                self._end_epoch(time.perf_counter() - started, complete=status != "max_steps")
+                self._end_epoch(time.perf_counter() - started, complete=status not in ("max_steps", "max_minutes"))
                 if status == "max_steps":
                     self._say(f"stopped at --max-steps {cfg.max_steps}")
+                    break
+                if status == "max_minutes":
+                    self._say(f"stopped after --max-minutes {cfg.max_minutes:g} ({self.elapsed / 60:.1f} min)")
                     break
                 if cfg.patience and self.bad_epochs >= cfg.patience:
                     status = "early_stopped"

@@ -1,0 +1,250 @@
+"""Speed and memory of charrnn against the tutorial's TensorFlow peer, side by side on this machine.
+
+    python bench/speed.py                    # ours (every precision) and the peer, 30 timed steps each
+    python bench/speed.py --steps 60 --skip-peer
+    python bench/speed.py --learning-check   # also: one epoch fp32 vs bf16 from the same seed
+
+Each measurement runs in its own process (so peak RSS is that job's alone) on Shakespeare with the
+tutorial's shapes: embedding 256, GRU 1024, batch 64 x sequence 100, Adam. Training figures are the
+median step time after warm-up steps; generation figures are the median of repeated runs with the model
+already loaded. The peer needs `pip install -e .[bench]` (tensorflow-cpu); without it, it is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def shakespeare() -> str:
+    sys.path.insert(0, str(ROOT / "src"))
+    from charrnn.corpus import load_text
+
+    return load_text("shakespeare").text
+
+
+# -- workers: each prints one JSON line ---------------------------------------------------------------
+def worker_train_ours(args) -> dict:
+    import numpy as np
+    import torch
+
+    from charrnn.config import ModelConfig
+    from charrnn.data import Batches
+    from charrnn.model import CharRNN, precision_name, resolve_precision
+    from charrnn.vocab import Vocab
+    from charrnn import kernels
+
+    text = shakespeare()
+    vocab = Vocab.from_text(text)
+    torch.manual_seed(args.seed)
+    model = CharRNN(ModelConfig(vocab_size=len(vocab)))
+    model.compute_dtype = resolve_precision(args.precision, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = Batches(vocab.encode(text), 64, 100, seed=args.seed)
+    times, losses = [], []
+    for step, (inputs, targets) in enumerate(batches.epoch(0)):
+        if step == args.warmup + args.steps:
+            break
+        started = time.perf_counter()
+        logits, _ = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        times.append(time.perf_counter() - started)
+    timed = times[args.warmup :]
+    return {"ms_per_step": 1000 * statistics.median(timed), "ms_min": 1000 * min(timed),
+            "running_loss": float(np.mean(losses)), "precision": precision_name(model.compute_dtype),
+            "fused_kernels": kernels.available(), "threads": torch.get_num_threads(),
+            "versions": f"torch {torch.__version__}"}
+
+
+def worker_generate_ours(args) -> dict:
+    import torch
+
+    from charrnn.config import ModelConfig
+    from charrnn.generate import CharModel
+    from charrnn.model import CharRNN, precision_name
+    from charrnn.vocab import Vocab
+
+    vocab = Vocab.from_text(shakespeare())
+    torch.manual_seed(0)
+    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab))), vocab, precision=args.precision)
+    out = {"threads": torch.get_num_threads()}
+    for batch in (1, 5, 64):
+        model.generate("ROMEO:", length=50, num_samples=batch, seed=0)  # warm-up
+        times = []
+        for repeat in range(args.repeats):
+            started = time.perf_counter()
+            texts = model.generate("ROMEO:", length=args.chars, num_samples=batch, seed=repeat)
+            times.append(time.perf_counter() - started)
+            assert len(texts) == batch and len(texts[0]) == len("ROMEO:") + args.chars
+        seconds = statistics.median(times)
+        out[f"b{batch}"] = {"seconds": seconds, "chars_per_s": batch * args.chars / seconds,
+                            "precision": precision_name(model.dtype_for(batch))}
+    return out
+
+
+def worker_train_peer(args) -> dict:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import peer_tf
+
+    times, losses, params = peer_tf.train(shakespeare(), args.warmup + args.steps, seed=args.seed)
+    timed = times[args.warmup :]
+    # Keras reports the running mean of the epoch's loss, the same figure as ours above.
+    return {"ms_per_step": 1000 * statistics.median(timed), "ms_min": 1000 * min(timed),
+            "running_loss": losses[-1], "parameters": params, "versions": peer_tf.versions()}
+
+
+def worker_generate_peer(args) -> dict:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import peer_tf
+
+    text = shakespeare()
+    out = {}
+    for batch in (1, 5, 64):
+        seconds = statistics.median(peer_tf.generate(text, args.chars, batch, repeats=args.repeats))
+        out[f"b{batch}"] = {"seconds": seconds, "chars_per_s": batch * args.chars / seconds}
+    return out
+
+
+def worker_learning(args) -> dict:
+    """One epoch with the default recipe (10% validation) at the given precision; its losses."""
+    import tempfile
+
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.train import Trainer
+
+    with tempfile.TemporaryDirectory() as run, open(os.devnull, "w") as quiet:
+        config = TrainConfig(epochs=1, precision=args.precision, seed=args.seed, checkpoint_every=0)
+        trainer = Trainer.create(Path(run) / "run", config, out=quiet)
+        started = time.perf_counter()
+        trainer.fit()
+        seconds = time.perf_counter() - started
+        epoch = [json.loads(x) for x in (Path(run) / "run" / "metrics.jsonl").read_text().splitlines()][-1]
+    return {"train_loss": epoch["train_loss"], "val_loss": epoch["val_loss"], "seconds": seconds,
+            "ms_per_step": epoch["ms_per_step"], "precision": trainer.precision, "threads": torch.get_num_threads()}
+
+
+WORKERS = {"train-ours": worker_train_ours, "generate-ours": worker_generate_ours, "train-peer": worker_train_peer,
+           "generate-peer": worker_generate_peer, "learning": worker_learning}
+
+
+def run_worker(name: str, args, **extra) -> dict | None:
+    command = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+               "--chars", str(args.chars), "--repeats", str(args.repeats), "--seed", str(args.seed)]
+    for key, value in extra.items():
+        command += [f"--{key}", str(value)]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    if result.returncode != 0:
+        print(f"  {name} {extra} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def peer_available() -> bool:
+    return subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0
+
+
+def cpu_name() -> str:
+    try:
+        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "?"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per job")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--chars", type=int, default=1000, help="characters per generation")
+    parser.add_argument("--repeats", type=int, default=5, help="timed generations per batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-peer", action="store_true", help="measure charrnn only")
+    parser.add_argument("--learning-check", action="store_true", help="also train one epoch in fp32 and bf16")
+    parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
+    parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        result["peak_rss_mb"] = peak_rss_mb()
+        print(json.dumps(result))
+        return
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from charrnn.model import bf16_native
+
+    precisions = ["fp32"] + (["bf16"] if bf16_native(torch.device("cpu")) else [])
+    peer = not args.skip_peer and peer_available()
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(f"command: python bench/speed.py {' '.join(sys.argv[1:])}".rstrip())
+    rows = []
+    ours = {p: run_worker("train-ours", args, precision=p) for p in precisions}
+    theirs = run_worker("train-peer", args) if peer else None
+    gen_ours = run_worker("generate-ours", args, precision="auto")
+    gen_theirs = run_worker("generate-peer", args) if peer else None
+
+    print(f"\nTraining, tutorial model, batch 64 x 100, {args.steps} timed steps after {args.warmup} warm-up (median):")
+    print(f"{'':26}{'ms/step':>9}{'(min)':>8}{'vs peer':>9}{'loss@' + str(args.warmup + args.steps):>9}{'peak RSS':>10}")
+    for name, r in [*[(f"charrnn {p}", ours[p]) for p in precisions], ("tutorial (TF/Keras)", theirs)]:
+        if r is None:
+            print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>9}")
+            continue
+        ratio = f"{theirs['ms_per_step'] / r['ms_per_step']:.2f}x" if theirs else "-"
+        print(f"{name:26}{r['ms_per_step']:9.0f}{r['ms_min']:8.0f}{ratio:>9}{r['running_loss']:9.3f}{r['peak_rss_mb']:8.0f} MB")
+    print(f"\nGeneration, {args.chars} characters after 'ROMEO:', model loaded (median of {args.repeats}):")
+    print(f"{'':26}{'batch 1 s':>10}{'batch 5 s':>10}{'batch 64 chars/s':>18}{'peak RSS':>10}")
+    for name, r in (("charrnn (auto)", gen_ours), ("tutorial OneStep (TF)", gen_theirs)):
+        if r is None:
+            print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>10}")
+            continue
+        print(f"{name:26}{r['b1']['seconds']:10.3f}{r['b5']['seconds']:10.3f}{r['b64']['chars_per_s']:18,.0f}{r['peak_rss_mb']:8.0f} MB")
+    if gen_ours and gen_theirs:
+        print(f"{'speed-up':26}{gen_theirs['b1']['seconds'] / gen_ours['b1']['seconds']:9.1f}x"
+              f"{gen_theirs['b5']['seconds'] / gen_ours['b5']['seconds']:9.1f}x"
+              f"{gen_ours['b64']['chars_per_s'] / gen_theirs['b64']['chars_per_s']:17.1f}x")
+    if gen_ours:
+        print("charrnn generation precision by batch: " + ", ".join(f"{b[1:]}: {gen_ours[b]['precision']}" for b in ("b1", "b5", "b64")))
+    versions = [f"charrnn: {next(iter(ours.values()))['versions'] if any(ours.values()) else '?'}, "
+                f"{next(iter(ours.values()))['threads'] if any(ours.values()) else '?'} threads, "
+                f"fused kernels {'on' if any(r and r['fused_kernels'] for r in ours.values()) else 'off'}"]
+    if theirs:
+        versions.append(f"peer: {theirs['versions']}, {theirs['parameters']:,} parameters (its vocabulary adds [UNK])")
+    elif not args.skip_peer:
+        versions.append("peer: skipped (pip install -e .[bench] to install tensorflow-cpu)")
+    print("\n" + "\n".join(versions))
+
+    if args.learning_check:
+        print("\nLearning check: one epoch of the default recipe (10% validation), same seed:")
+        results = {p: run_worker("learning", args, precision=p) for p in precisions}
+        for p, r in results.items():
+            if r:
+                print(f"  {p}: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}, {r['ms_per_step']:.0f} ms/step, "
+                      f"{r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+        if all(results.values()) and len(results) == 2:
+            print(f"  |val bf16 - val fp32| = {abs(results['bf16']['val_loss'] - results['fp32']['val_loss']):.4f} (target <= 0.02)")
+
+
+if __name__ == "__main__":
+    main()
