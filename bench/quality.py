@@ -40,9 +40,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run) if args.run else Path(tmp) / "run"
         command = [sys.executable, "-m", "charrnn", "train", "--run", str(run), "--max-minutes", str(args.minutes),
-                   "--epochs", "1000", "--checkpoint-every", "0"]
-        if args.preset:
-            command[4:4] = ["--preset", args.preset]
+                   "--checkpoint-every", "0"]
+        # A preset plans its own epochs (its learning-rate schedule depends on them); the default recipe
+        # gets enough epochs to fill the budget.
+        command += ["--preset", args.preset] if args.preset else ["--epochs", "1000"]
         command += shlex.split(args.flags)
         print("command:", " ".join(shlex.quote(c) for c in command[1:]).replace(str(run), "RUN"), flush=True)
         started = time.time()

@@ -3,15 +3,22 @@
     import charrnn
     model = charrnn.load("runs/shakespeare")
     print(model.generate("ROMEO:", length=300, temperature=0.8, seed=1)[0])
+
+Attributes are imported on first use, so `charrnn.runtime` (numpy + onnxruntime) never imports torch.
 """
 
 __version__ = "0.1.0"
 
-from .config import ModelConfig, TrainConfig  # noqa: E402
-from .errors import CharRNNError  # noqa: E402
-from .generate import CharModel, load  # noqa: E402
-from .model import CharRNN  # noqa: E402
-from .train import Callback, Trainer  # noqa: E402
-from .vocab import Vocab  # noqa: E402
+_LAZY = {
+    "ModelConfig": "config", "TrainConfig": "config", "CharRNNError": "errors", "CharModel": "generate",
+    "load": "generate", "CharRNN": "model", "Callback": "train", "Trainer": "train", "Vocab": "vocab",
+}
+__all__ = sorted(_LAZY)
 
-__all__ = ["CharModel", "CharRNN", "CharRNNError", "Callback", "ModelConfig", "TrainConfig", "Trainer", "Vocab", "load"]
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'charrnn' has no attribute {name!r}")

@@ -105,10 +105,23 @@ def _default_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "run"
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def load_any(path: Path, checkpoint: str | None = None, device: str = "cpu"):
+    """A run directory (PyTorch) or an export directory (ONNX Runtime, no torch import)."""
+    from .runtime import is_export
+
+    if is_export(path):
+        if checkpoint or device != "cpu":
+            raise CharRNNError(f"{path} is an export: --checkpoint and --device apply to run directories only")
+        from .runtime import load
+
+        return load(path)
     from .generate import load
 
-    model = load(args.run, checkpoint=args.checkpoint, device=args.device)
+    return load(path, checkpoint=checkpoint, device=device)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = load_any(args.run, args.checkpoint, args.device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=seed, num_samples=args.num_samples, drop_unknown=args.drop_unknown)
@@ -139,6 +152,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    meta = export(args.run, args.out, args.checkpoint, args.format)
+    out = Path(args.out) if args.out else Path(args.run) / "onnx"
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"exported {meta['model']['cell']} x{meta['model']['num_layers']} ({meta['parameters']:,} parameters) to {out} "
+          f"({size:.1f} MB); ONNX matches PyTorch to {meta['verified_max_abs_diff']:.1e}")
+    print(f"generate with: charrnn generate {out} --prompt \"...\"   (needs only numpy and onnxruntime)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeLimits, serve
+
+    limits = ServeLimits(**{k: getattr(args, k) for k in ("max_length", "max_samples", "max_prompt_chars", "max_body_bytes")})
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+    serve(args.run, args.host, args.port, limits)
+    return 0
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from .checkpoint import load_config
     from .corpus import load_text
@@ -160,6 +196,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .serve import ServeLimits  # stdlib only at import; FastAPI is imported when serving
 
     parser = argparse.ArgumentParser(prog="charrnn", description="Character-level RNN: train on any text, generate from it.")
     parser.add_argument("--version", action="version", version=f"charrnn {__version__}")
@@ -175,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("generate", help="generate text from a run", description="Generate text from a trained run.")
-    p.add_argument("run", type=Path, metavar="RUN")
+    p = sub.add_parser("generate", help="generate text from a run or an export", description="Generate text from a trained run or an exported directory.")
+    p.add_argument("run", type=Path, metavar="RUN_OR_EXPORT")
     p.add_argument("--prompt", default="", help="text to start from (default: empty, start a fresh line)")
     p.add_argument("--length", type=int, default=1000, help="characters to generate after the prompt (default 1000)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
@@ -198,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-unknown", action="store_true", help="skip characters the model never saw")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a run to ONNX (runs without PyTorch)", description="Export a run's one-step generator to ONNX.")
+    p.add_argument("run", type=Path, metavar="RUN")
+    p.add_argument("--format", default="onnx", choices=("onnx",), help="export format (onnx)")
+    p.add_argument("--out", type=Path, help="export directory (default RUN/onnx)")
+    p.add_argument("--checkpoint", choices=("best", "latest"), help="which weights (default best if the run has it)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP API and web page for a run or an export", description="Serve a model over HTTP.")
+    p.add_argument("run", type=Path, metavar="RUN_OR_EXPORT")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    limits = ServeLimits()
+    p.add_argument("--max-length", type=int, default=limits.max_length, help=f"characters per sample (default {limits.max_length})")
+    p.add_argument("--max-samples", type=int, default=limits.max_samples, help=f"samples per request (default {limits.max_samples})")
+    p.add_argument("--max-prompt-chars", type=int, default=limits.max_prompt_chars, help=f"prompt length (default {limits.max_prompt_chars})")
+    p.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes, help=f"request body size (default {limits.max_body_bytes})")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("summary", help="layer table and parameter count", description="Print the model's layers and parameters.")
     p.add_argument("run", type=Path, nargs="?", metavar="RUN", help="a run directory (else describe the flags below)")

@@ -16,13 +16,11 @@ import torch
 from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
+from . import decoding
 from .model import CharRNN, Stepper, bf16_native, count_parameters, resolve_precision
-from .sampling import check_sampling, sample
 from .train import evaluate_loss, resolve_device
 from .vocab import Vocab
 
-# Tried in order when the prompt is empty: a fresh line is the most neutral start for most texts.
-_DEFAULT_PRIMERS = ("\n", " ", ".")
 # With precision "auto", batches at least this large generate with bf16 weights where the hardware has
 # native bf16: below it, one row's product is bound by reading the weights and fp32 is as fast (bench/).
 BF16_MIN_BATCH = 8
@@ -61,23 +59,6 @@ class CharModel:
         }
 
     # -- generation ---------------------------------------------------------------------------------
-    def _prompt_ids(self, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
-        """Ids to prime with, and whether they come from the user's prompt (else a default primer)."""
-        if not isinstance(prompt, str):
-            raise CharRNNError(f"prompt must be a string; got {type(prompt).__name__}")
-        missing = self.vocab.unknown(prompt)
-        if missing and not drop_unknown:
-            shown = ", ".join(repr(c) for c in missing[:10])
-            raise CharRNNError(
-                f"the prompt has character(s) the model never saw: {shown}; remove them or drop them "
-                "(--drop-unknown on the command line, drop_unknown=True in Python)"
-            )
-        ids = self.vocab.encode(prompt, drop_unknown=True)
-        if len(ids):
-            return ids, True
-        primer = next((c for c in _DEFAULT_PRIMERS if c in self.vocab), self.vocab.chars[0])
-        return self.vocab.encode(primer), False
-
     def dtype_for(self, batch: int) -> torch.dtype:
         """The matrix-product dtype used to generate a batch of this size."""
         if self.precision == "auto":
@@ -85,17 +66,8 @@ class CharModel:
             return torch.bfloat16 if fast else torch.float32
         return resolve_precision(self.precision, self.device)
 
-    @torch.inference_mode()
-    def _prime(self, prompts: Sequence[str], num_samples: int, drop_unknown: bool, dtype: torch.dtype):
-        """Run each distinct prompt once; returns (visible prompt texts, logits (batch, vocab), state)."""
-        texts, logits, states = [], [], []
-        for prompt in prompts:
-            ids, shown = self._prompt_ids(prompt, drop_unknown)
-            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device), dtype=dtype)
-            texts += [self.vocab.decode(ids) if shown else ""] * num_samples
-            logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
-            states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
-        return texts, torch.cat(logits), torch.cat(states, dim=1).contiguous()
+    def backend(self, batch: int) -> "TorchBackend":
+        return TorchBackend(self.model, self.dtype_for(batch))
 
     def stream(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
@@ -104,34 +76,15 @@ class CharModel:
 
         Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
         then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise CharRNNError("give at least one prompt")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-            raise CharRNNError(f"length must be a non-negative integer; got {length!r}")
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise CharRNNError(f"num_samples must be a positive integer; got {num_samples!r}")
-        check_sampling(temperature, top_k, top_p)
-        rng = np.random.default_rng(seed)
-        dtype = self.dtype_for(len(prompts) * num_samples)
-        texts, logits, state = self._prime(prompts, num_samples, drop_unknown, dtype)
-        yield texts
-        chars = self.vocab.chars
-        stepper = Stepper(self.model, dtype)
-        for step in range(length):
-            next_ids = sample(logits.cpu().numpy(), rng, temperature, top_k, top_p, checked=True)  # (batch,)
-            yield [chars[i] for i in next_ids]
-            if step + 1 < length:
-                logits, state = stepper.step(torch.from_numpy(next_ids).to(self.device), state)
+        return decoding.stream(self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed,
+                               num_samples, drop_unknown)
 
     def generate(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  drop_unknown: bool = False) -> list[str]:
         """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
-        pieces: list[list[str]] = []
-        for step in self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown):
-            pieces.append(step)
-        return ["".join(column) for column in zip(*pieces)]
+        return ["".join(column) for column in zip(*self.stream(prompt, length, temperature, top_k, top_p, seed,
+                                                                num_samples, drop_unknown))]
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, text: str, drop_unknown: bool = False, seq_len: int | None = None, batch_size: int = 64) -> dict[str, float]:
@@ -142,6 +95,28 @@ class CharModel:
         seq_len = seq_len or (self.train_config.seq_len if self.train_config else 100)
         loss = evaluate_loss(self.model, ids, seq_len, batch_size)
         return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids))}
+
+
+class TorchBackend:
+    """decoding.Backend over the PyTorch model: primes with forward(), steps with a Stepper."""
+
+    def __init__(self, model: CharRNN, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        self.stepper = Stepper(model, dtype)
+        self.device = model.dense.weight.device
+
+    @torch.inference_mode()
+    def prime(self, prompts: list[np.ndarray], num_samples: int):
+        logits, states = [], []
+        for ids in prompts:
+            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device), dtype=self.dtype)
+            logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
+            states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
+        return torch.cat(logits).cpu().numpy(), torch.cat(states, dim=1).contiguous()
+
+    def step(self, ids: np.ndarray, state: torch.Tensor):
+        logits, state = self.stepper.step(torch.from_numpy(ids).to(self.device), state)
+        return logits.cpu().numpy(), state
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:

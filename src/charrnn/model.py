@@ -13,6 +13,8 @@ RNN modules under autocast. The parameters are nn.GRU's either way, so checkpoin
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ from .errors import CharRNNError
 from . import kernels
 from .fastgru import Projection, Scratch, gru_sequence, gru_step
 
+_PREPARE_LOCK = threading.Lock()
 _RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
 
@@ -146,17 +149,18 @@ class Stepper:
         """(per-character first-layer input table, per-layer projections, output projection)."""
         cache = model.__dict__.setdefault("_stepper_weights", {})
         key = (dtype, batch, tuple(p._version for p in model.parameters()))  # in-place updates bump versions
-        if key not in cache:
-            if len(cache) > 8:
-                cache.clear()
-            w_ih, _, b_ih, _ = model.layer_weights(0)
-            table = torch.addmm(b_ih, model.embedding.weight, w_ih.t())  # (vocab, 3H) fp32, as in training
-            layers = []
-            for layer in range(model.config.num_layers):
-                w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
-                layers.append((Projection(w_ih, b_ih, dtype, batch), Projection(w_hh, b_hh, dtype, batch)))
-            cache[key] = (table, layers, Projection(model.dense.weight, model.dense.bias, dtype, batch))
-        return cache[key]
+        with _PREPARE_LOCK:  # concurrent generations (the server) share one cache
+            if key not in cache:
+                if len(cache) > 8:
+                    cache.clear()
+                w_ih, _, b_ih, _ = model.layer_weights(0)
+                table = torch.addmm(b_ih, model.embedding.weight, w_ih.t())  # (vocab, 3H) fp32, as in training
+                layers = []
+                for layer in range(model.config.num_layers):
+                    w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
+                    layers.append((Projection(w_ih, b_ih, dtype, batch), Projection(w_hh, b_hh, dtype, batch)))
+                cache[key] = (table, layers, Projection(model.dense.weight, model.dense.bias, dtype, batch))
+            return cache[key]
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: torch.Tensor):
