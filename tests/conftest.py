@@ -10,13 +10,12 @@ SHAKESPEARE = SHARED / "shakespeare.txt"
 
 
 def pytest_configure(config):
-    # Tests never download: built-ins come from ../shared/data, the cache is per-session.
+    # Tests never download: built-ins come from ../shared/data, and the cache (downloads, compiled
+    # kernels) is a fresh folder per test session, shared by the CLI subprocesses the tests start.
+    import tempfile
+
     os.environ.setdefault("CHARRNN_DATA_DIR", str(SHARED))
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    os.environ["CHARRNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="charrnn-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -36,8 +36,8 @@ def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarra
     if missing and not drop_unknown:
         shown = ", ".join(repr(c) for c in missing[:10])
         raise CharRNNError(
-            f"the prompt has character(s) the model never saw: {shown}; remove them or drop them "
-            "(--drop-unknown on the command line, drop_unknown=True in Python)"
+            f"the prompt has character(s) the model never saw: {shown}; remove them, or drop them with "
+            "drop_unknown (--drop-unknown on the command line)"
         )
     ids = vocab.encode(prompt, drop_unknown=True)
     if len(ids):
@@ -76,7 +76,6 @@ def stream(backend_for, vocab: Vocab, prompt: str | Sequence[str] = "", length: 
             logits, state = backend.step(next_ids, state)
 
 
-def generate(backend_for, vocab: Vocab, prompt: str | Sequence[str] = "", **options) -> list[str]:
-    """Every sample in full: the prompt followed by `length` new characters."""
-    pieces = list(stream(backend_for, vocab, prompt, **options))
+def join(pieces: Iterator[list[str]]) -> list[str]:
+    """Every sample of a stream in full: the prompt followed by its generated characters."""
     return ["".join(column) for column in zip(*pieces)]

@@ -83,8 +83,7 @@ class CharModel:
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, num_samples: int = 1,
                  drop_unknown: bool = False) -> list[str]:
         """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
-        return ["".join(column) for column in zip(*self.stream(prompt, length, temperature, top_k, top_p, seed,
-                                                                num_samples, drop_unknown))]
+        return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(self, text: str, drop_unknown: bool = False, seq_len: int | None = None, batch_size: int = 64) -> dict[str, float]:

@@ -114,7 +114,10 @@ class CharRNN(nn.Module):
                 x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=table)
             else:
                 inputs = self.embedding(time_major) if layer == 0 else self._locked_dropout(x)
-                gi = F.linear(inputs.to(dtype), w_ih.to(dtype), b_ih.to(dtype)).float()  # (time, batch, 3H)
+                # Outside training the first layer's projection stays fp32, like the folded table that
+                # generation steps with, so priming and stepping compute the same inputs.
+                low = dtype if layer or torch.is_grad_enabled() else torch.float32
+                gi = F.linear(inputs.to(low), w_ih.to(low), b_ih.to(low)).float()  # (time, batch, 3H)
                 x, final = gru_sequence(gi, state[layer], w_hh, b_hh, dtype)  # x: (time, batch, hidden)
             finals.append(final)
         logits = F.linear(self._locked_dropout(x).to(dtype), self.dense.weight.to(dtype), self.dense.bias.to(dtype))

@@ -90,8 +90,7 @@ class ExportedModel:
 
     def generate(self, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int | None = None, num_samples: int = 1, drop_unknown: bool = False) -> list[str]:
-        return ["".join(column) for column in zip(*self.stream(prompt, length, temperature, top_k, top_p, seed,
-                                                                num_samples, drop_unknown))]
+        return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
 
 def load(directory: str | Path, threads: int | None = None) -> ExportedModel:

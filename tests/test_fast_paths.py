@@ -1,0 +1,101 @@
+"""The speed work must not change what is computed: the fused-kernel GRU, its PyTorch fallback and
+nn.GRU agree; bf16 stays close; generation equals the straightforward re-run at the same precision."""
+
+import numpy as np
+import pytest
+import torch
+
+import charrnn
+from charrnn import kernels
+from charrnn.config import ModelConfig
+from charrnn.generate import CharModel
+from charrnn.model import CharRNN
+from charrnn.sampling import sample
+from charrnn.vocab import Vocab
+
+
+@pytest.fixture(params=["fused", "pytorch"])
+def path(request, monkeypatch):
+    if request.param == "fused" and not kernels.available():
+        pytest.skip("no C compiler here: the fused kernels are unavailable")
+    if request.param == "pytorch":
+        monkeypatch.setattr(kernels, "usable", lambda *a, **k: False)
+    return request.param
+
+
+def reference(model: CharRNN) -> CharRNN:
+    """The same weights in float64, run below through PyTorch's own nn.GRU (not the fast path)."""
+    ref = CharRNN(model.config).double()
+    ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    return ref
+
+
+def module_forward(model: CharRNN, ids: torch.Tensor, state: torch.Tensor):
+    y, new_state = model.rnn(model.embedding(ids), state)
+    return model.dense(y), new_state
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_fast_gru_matches_nn_gru_forward_and_gradients(path, layers):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=30, embedding_size=12, hidden_size=48, num_layers=layers))
+    ref = reference(model)
+    ids = torch.randint(0, 30, (6, 17))
+    state = torch.randn(layers, 6, 48) * 0.5
+    targets = torch.randint(0, 30, (6, 17))
+    logits, new_state = model(ids, state)
+    ref_logits, ref_state = module_forward(ref, ids, state.double())
+    torch.testing.assert_close(logits.double(), ref_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new_state.double(), ref_state, atol=1e-5, rtol=1e-5)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    ref_loss = torch.nn.functional.cross_entropy(ref_logits.flatten(0, 1), targets.flatten())
+    loss.backward()
+    ref_loss.backward()
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad.double(), q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bf16_stays_close_to_fp32(path):
+    torch.manual_seed(1)
+    model = CharRNN(ModelConfig(vocab_size=30, embedding_size=12, hidden_size=64))
+    ids = torch.randint(0, 30, (8, 40))
+    fp32, _ = model(ids, dtype=torch.float32)
+    bf16, _ = model(ids, dtype=torch.bfloat16)
+    assert ((bf16 - fp32).norm() / fp32.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("precision, batch", [("fp32", 1), ("fp32", 3), ("bf16", 1), ("bf16", 9)])
+def test_generation_equals_the_straightforward_loop(path, precision, batch):
+    """Priming + one-character steps with carried state give exactly the text that re-running the whole
+    sequence through forward() at the same precision gives, sample by sample."""
+    torch.manual_seed(2)
+    vocab = Vocab.from_text("abcdefghij klmnop\n")
+    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32)), vocab, precision=precision)
+    fast = model.generate("abc", length=60, temperature=0.9, seed=4, num_samples=batch)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    rng, texts = np.random.default_rng(4), ["abc"] * batch
+    with torch.no_grad():
+        for _ in range(60):
+            ids = torch.from_numpy(np.stack([vocab.encode(t) for t in texts]).astype(np.int64))
+            logits = model.model(ids, dtype=dtype)[0][:, -1].numpy()
+            texts = [t + vocab.chars[i] for t, i in zip(texts, sample(logits, rng, temperature=0.9))]
+    assert fast == texts
+
+
+def test_auto_precision_uses_bf16_only_where_it_pays(tiny_run, small_text, tmp_path):
+    from charrnn.generate import BF16_MIN_BATCH
+    from charrnn.model import bf16_native
+
+    native = bf16_native(torch.device("cpu"))
+    model = charrnn.load(tiny_run)
+    assert model.dtype_for(1) == torch.float32
+    assert model.dtype_for(BF16_MIN_BATCH) == (torch.bfloat16 if native else torch.float32)
+    assert charrnn.load(tiny_run, precision="fp32").dtype_for(64) == torch.float32
+    import json, os
+    from charrnn import TrainConfig, Trainer
+
+    trainer = Trainer.create(tmp_path / "p", TrainConfig(text=str(small_text), max_steps=2, batch_size=8, seq_len=20),
+                             dict(embedding_size=8, hidden_size=16), out=open(os.devnull, "w"))
+    trainer.fit()
+    record = json.loads((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["precision"] == ("bf16" if native else "fp32")  # the run records what auto chose
