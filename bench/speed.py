@@ -39,37 +39,29 @@ def shakespeare() -> str:
 
 # -- workers: each prints one JSON line ---------------------------------------------------------------
 def worker_train_ours(args) -> dict:
+    """Trainer.train_step, the step every `charrnn train` runs, on the tutorial's model and batches."""
+    import tempfile
+
     import numpy as np
     import torch
 
-    from charrnn.config import ModelConfig
-    from charrnn.data import Batches
-    from charrnn.model import CharRNN, precision_name, resolve_precision
-    from charrnn.vocab import Vocab
     from charrnn import kernels
+    from charrnn.config import TrainConfig
+    from charrnn.train import Trainer
 
-    text = shakespeare()
-    vocab = Vocab.from_text(text)
-    torch.manual_seed(args.seed)
-    model = CharRNN(ModelConfig(vocab_size=len(vocab)))
-    model.compute_dtype = resolve_precision(args.precision, torch.device("cpu"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = Batches(vocab.encode(text), 64, 100, seed=args.seed)
-    times, losses = [], []
-    for step, (inputs, targets) in enumerate(batches.epoch(0)):
-        if step == args.warmup + args.steps:
-            break
-        started = time.perf_counter()
-        logits, _ = model(inputs)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        times.append(time.perf_counter() - started)
+    with tempfile.TemporaryDirectory() as run, open(os.devnull, "w") as quiet:
+        config = TrainConfig(val_fraction=0.0, precision=args.precision, seed=args.seed)
+        trainer = Trainer.create(Path(run) / "run", config, out=quiet)
+        times, losses = [], []
+        for step, (inputs, targets) in enumerate(trainer.batches.epoch(0)):
+            if step == args.warmup + args.steps:
+                break
+            started = time.perf_counter()
+            losses.append(trainer.train_step(inputs, targets))
+            times.append(time.perf_counter() - started)
     timed = times[args.warmup :]
     return {"ms_per_step": 1000 * statistics.median(timed), "ms_min": 1000 * min(timed),
-            "running_loss": float(np.mean(losses)), "precision": precision_name(model.compute_dtype),
+            "running_loss": float(np.mean(losses)), "precision": trainer.precision,
             "fused_kernels": kernels.available(), "threads": torch.get_num_threads(),
             "versions": f"torch {torch.__version__}"}
 

@@ -129,10 +129,6 @@ class Workspace:
                 if len(pool) < 4:
                     pool.append(tensor)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
 
 WORKSPACE = Workspace()
 

@@ -79,6 +79,12 @@ class CharRNN(nn.Module):
         """(w_ih, w_hh, b_ih, b_hh) of one recurrent layer."""
         return tuple(getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
+    def input_table(self) -> torch.Tensor:
+        """The first layer's input projection of every character, (vocab, 3H) fp32: the embedding folded
+        into it. Training (for large batches) and generation both use this one computation."""
+        w_ih, _, b_ih, _ = self.layer_weights(0)
+        return torch.addmm(b_ih, self.embedding.weight, w_ih.t())
+
     def folds_embedding(self, tokens: int) -> bool:
         # The folded table costs vocab x embedding x 3H; the direct projection tokens x embedding x 3H.
         return self.config.vocab_size * 4 <= tokens
@@ -110,8 +116,7 @@ class CharRNN(nn.Module):
         for layer in range(self.config.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             if layer == 0 and self.folds_embedding(batch * steps):
-                table = torch.addmm(b_ih, self.embedding.weight, w_ih.t())  # (vocab, 3H): one row per character
-                x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=table)
+                x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=self.input_table())
             else:
                 inputs = self.embedding(time_major) if layer == 0 else self._locked_dropout(x)
                 # Outside training the first layer's projection stays fp32, like the folded table that
@@ -156,8 +161,7 @@ class Stepper:
             if key not in cache:
                 if len(cache) > 8:
                     cache.clear()
-                w_ih, _, b_ih, _ = model.layer_weights(0)
-                table = torch.addmm(b_ih, model.embedding.weight, w_ih.t())  # (vocab, 3H) fp32, as in training
+                table = model.input_table()
                 layers = []
                 for layer in range(model.config.num_layers):
                     w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)

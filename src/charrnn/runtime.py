@@ -34,8 +34,7 @@ class OnnxBackend:
         self.session, self.state_layers, self.hidden = session, state_layers, hidden
 
     def _run(self, ids: np.ndarray, state: np.ndarray):
-        logits, new_state = self.session.run(None, {"ids": ids, "state": state})
-        return logits, new_state
+        return tuple(self.session.run(None, {"ids": ids, "state": state}))  # (logits, new_state)
 
     def prime(self, prompts: list[np.ndarray], num_samples: int):
         logits, states = [], []

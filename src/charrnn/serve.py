@@ -96,6 +96,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None,  # the docs pages load assets from a CDN
                   description="Generate text with a character-level RNN.")
     app.state.active_streams = 0
+    page_html = resources.files("charrnn").joinpath("page.html").read_text(encoding="utf-8")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
 
     def error(status: int, message: str) -> JSONResponse:
@@ -161,7 +162,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
-        return resources.files("charrnn").joinpath("page.html").read_text(encoding="utf-8")
+        return page_html
 
     return app
 

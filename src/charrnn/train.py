@@ -177,7 +177,8 @@ class Trainer:
     def resume(cls, run_dir: str | Path, data_dir=None, callbacks: Sequence[Callback] = (), out: TextIO | None = None,
                **overrides: Any) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. Only the stopping criteria and the
-        housekeeping may change: epochs, max_steps, patience, device, checkpoint_every, log_every."""
+        housekeeping may change: epochs, max_steps, max_minutes, patience, device, precision,
+        checkpoint_every, log_every."""
         run_dir = Path(run_dir)
         model_config, config, corpus_info = ckpt.load_config(run_dir)
         allowed = {"epochs", "max_steps", "max_minutes", "patience", "device", "precision", "checkpoint_every", "log_every"}
