@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu
 from .config import PRECISIONS, ModelConfig
 from .errors import CharRNNError
 from . import kernels
 from .fastgru import Projection, Scratch, gru_sequence, gru_step
+
+cpu.guard_isa()  # before any oneDNN product: caps oneDNN below AMX where AMX is advertised but faults
 
 _PREPARE_LOCK = threading.Lock()
 _RNN_CLASSES = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
@@ -32,8 +35,8 @@ def bf16_native(device: torch.device) -> bool:
     """Whether bf16 matrix products are fast here (AVX512-BF16/AMX on CPU, bf16 tensor cores on CUDA)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    cpu = torch.cpu
-    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    supported = lambda name: getattr(torch.cpu, name, lambda: False)()
+    return supported("_is_avx512_bf16_supported") or (supported("_is_amx_tile_supported") and cpu.amx_usable())
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
