@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if model_fields or args.config or args.preset:
             raise CharRNNError("--resume continues the run's own model and settings; drop the model flags, --config and --preset")
+        if args.run is not None and Path(args.run).resolve() != Path(args.resume).resolve():
+            raise CharRNNError(f"--resume {args.resume} continues that run in its own folder; drop --run {args.run} "
+                               "(to start a new run elsewhere, use --run without --resume)")
         trainer = Trainer.resume(args.resume, data_dir=args.data_dir, **train_fields)
     else:
         preset_model, preset_train = preset(args.preset) if args.preset else ({}, {})
@@ -91,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
     result = trainer.fit()
     if result.status == "interrupted":
-        return 130
+        return 128 + (trainer.stop_signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     print(f"run saved in {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt \"...\"", file=sys.stderr)
     return 0
 
@@ -184,11 +188,14 @@ def cmd_summary(args: argparse.Namespace) -> int:
     fields = _fields(ModelConfig, args)
     fields.pop("vocab_size", None)  # --vocab-size is handled below
     if args.run:
-        if fields or args.text or args.vocab_size:
+        if fields or args.text or args.vocab_size is not None:
             raise CharRNNError("summary of a run takes no model flags, --text or --vocab-size")
         config = load_config(args.run)[0]
     else:
-        vocab_size = args.vocab_size or len(Vocab.from_text(load_text(args.text or "shakespeare", data_dir=args.data_dir).text))
+        if args.vocab_size is not None and args.text:
+            raise CharRNNError("give --text or --vocab-size, not both")
+        vocab_size = args.vocab_size if args.vocab_size is not None else len(
+            Vocab.from_text(load_text(args.text or "shakespeare", data_dir=args.data_dir).text))
         config = ModelConfig(vocab_size=vocab_size, **fields)
     print(summary(CharRNN(config)))
     return 0

@@ -14,6 +14,24 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
+
+
+def _check_types(config: Any) -> None:
+    """Strict types from the field annotations: a JSON `true` is not the number 1, "3" is not 3.
+    An int given for a float field is stored as a float."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        kind = field.type if isinstance(field.type, str) else field.type.__name__
+        if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, field.name, float(value))
+            continue
+        expected = {"int": int, "float": float, "str": str, "bool": bool}.get(kind)
+        if expected is None:
+            continue
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            noun = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}[kind]
+            raise CharRNNError(f"{field.name} must be {noun}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -29,12 +47,13 @@ class ModelConfig:
     #                        on CPU, one mask per sequence shared across time steps: locked dropout)
 
     def __post_init__(self) -> None:
+        _check_types(self)
         for name in ("vocab_size", "embedding_size", "hidden_size", "num_layers"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.cell not in CELLS:
             raise CharRNNError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
             raise CharRNNError(f"dropout must be in [0, 1); got {self.dropout}")
 
 
@@ -54,7 +73,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate
     lr_schedule: str = "constant"  # constant, or cosine: decay to lr/10 over the planned steps (epochs or max_steps)
     clip: float = 0.0  # clip the gradient norm to this; 0 = off
-    seed: int = 0  # seeds weights, shuffling and dropout: same seed, same run
+    seed: int = 0  # seeds weights, shuffling and dropout (0 to 2**32 - 1): same seed, same run
     device: str = "auto"  # auto (cuda when available), cpu or cuda
     precision: str = "auto"  # matrix products in bf16 or fp32; auto = bf16 where the hardware does it natively
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
@@ -62,6 +81,7 @@ class TrainConfig:
     log_every: int = 10  # write a metrics line every N steps
 
     def __post_init__(self) -> None:
+        _check_types(self)
         positive = ("batch_size", "seq_len", "epochs")
         non_negative = ("skip_chars", "max_steps", "patience", "checkpoint_every", "seed")
         for name in positive:
@@ -70,6 +90,8 @@ class TrainConfig:
         for name in non_negative:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise CharRNNError(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
+        if self.seed > MAX_SEED:
+            raise CharRNNError(f"seed must be an integer from 0 to {MAX_SEED}; got {self.seed}")
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise CharRNNError(f"log_every must be a positive integer; got {self.log_every!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

@@ -7,3 +7,17 @@ its message as a single line and exits non-zero. Any other exception is a bug an
 
 class CharRNNError(Exception):
     """A user-facing error: the message names the problem and how to fix it."""
+
+
+class WriteError(CharRNNError):
+    """Writing a file failed (disk full, read-only, permissions); `reason` says which in plain words."""
+
+    def __init__(self, path, exc: OSError):
+        import errno
+
+        reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                   errno.EPERM: "permission denied", errno.EFBIG: "the file size limit was reached"}
+        self.path = path
+        self.reason = reasons.get(exc.errno, exc.strerror or str(exc))
+        super().__init__(f"cannot write {path}: {self.reason}")

@@ -13,6 +13,7 @@ vocab.json and export.json (format version, architecture, sampling defaults, tra
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ import torch
 
 from . import __version__
 from .checkpoint import load_run, read_metrics
-from .errors import CharRNNError
-from .files import atomic_path, atomic_write_text
+from .errors import CharRNNError, WriteError
+from .files import atomic_write_bytes, atomic_write_text
 
 EXPORT_FORMAT_VERSION = 1
 OPSET = 17
@@ -148,10 +149,14 @@ def export(run_dir: str | Path, out: str | Path | None = None, checkpoint: str |
         "source": {"run": str(run_dir.resolve()), "checkpoint": checkpoint or "best if present", "corpus": corpus,
                    "last_epoch": epochs[-1] if epochs else None},
         "verified_max_abs_diff": worst,
+        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),  # checked when the export is loaded
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / MODEL_FILE) as tmp:
-        tmp.write_bytes(onnx_bytes)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(out, exc) from None
+    (out / META_FILE).unlink(missing_ok=True)  # re-exporting: the directory is incomplete until the end
+    atomic_write_bytes(out / MODEL_FILE, onnx_bytes)
     vocab.save(out / VOCAB_FILE)
     atomic_write_text(out / META_FILE, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")  # last: marks it complete
     return meta

@@ -10,18 +10,14 @@ the same text from either.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import decoding
+from . import decoding, formats
 from .errors import CharRNNError
 from .vocab import Vocab
-
-EXPORT_FORMAT_VERSION = 1  # the export.json versions this runtime reads (see export.py)
-
 
 def is_export(path: str | Path) -> bool:
     return (Path(path) / "export.json").is_file()
@@ -54,26 +50,40 @@ class ExportedModel:
 
     def __init__(self, directory: str | Path, threads: int | None = None):
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "export.json").read_text(encoding="utf-8"))
-        except OSError:
-            raise CharRNNError(f"{directory} is not a charrnn export (no export.json); create one with `charrnn export RUN`") from None
-        except ValueError as exc:
-            raise CharRNNError(f"{directory}/export.json is not valid JSON: {exc}") from None
-        if meta.get("format_version") != EXPORT_FORMAT_VERSION:
-            raise CharRNNError(f"{directory}: export format version {meta.get('format_version')!r} is not supported "
-                               f"(this charrnn reads {EXPORT_FORMAT_VERSION}); re-export or upgrade charrnn")
+        if not is_export(directory):
+            raise CharRNNError(f"{directory} is not a charrnn export (no export.json); create one with `charrnn export RUN`")
+        fix = f"re-export it with `charrnn export RUN --out {directory}`"
+        meta = formats.load(formats.ExportFile, directory / "export.json", fix)
         try:
             import onnxruntime as ort
         except ImportError:
             raise CharRNNError("running an export needs onnxruntime: pip install onnxruntime") from None
+        model_path = directory / "model.onnx"
+        if not model_path.is_file():
+            raise CharRNNError(f"{model_path} is missing; {fix}")
+        if meta.model_sha256 is not None and formats.file_sha256(model_path) != meta.model_sha256:
+            raise CharRNNError(f"{model_path} is damaged (it does not match the SHA-256 in export.json); {fix}")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(directory / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        self.vocab = Vocab.load(directory / "vocab.json")
-        self.meta, self.directory = meta, directory
-        self.state_layers, self.hidden = int(meta["state_shape"][0]), int(meta["state_shape"][2])
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CharRNNError(f"{model_path} cannot be loaded ({first[:200]}); {fix}") from None
+        arch = meta.model
+        states, hidden = meta.state_shape[0], meta.state_shape[2]
+        shapes = {io.name: io.shape for io in [*self.session.get_inputs(), *self.session.get_outputs()]}
+        expected = {"ids": ["batch", "time"], "state": [states, "batch", hidden], "logits": ["batch", arch.vocab_size],
+                    "new_state": [states, "batch", hidden]}
+        if set(shapes) != set(expected) or any(len(shapes[k]) != len(v) or any(
+                isinstance(want, int) and got != want for got, want in zip(shapes[k], v)) for k, v in expected.items()):
+            raise CharRNNError(f"{model_path} does not match export.json (graph inputs/outputs {shapes}); {fix}")
+        self.vocab = Vocab.load(directory / "vocab.json", fix)
+        if len(self.vocab) != arch.vocab_size:
+            raise CharRNNError(f"{directory}/vocab.json has {len(self.vocab)} characters but the model has {arch.vocab_size}; {fix}")
+        self.meta, self.directory = meta.model_dump(), directory
+        self.state_layers, self.hidden = states, hidden
 
     def describe(self) -> dict[str, Any]:
         model = self.meta["model"]

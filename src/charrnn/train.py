@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -27,8 +28,8 @@ from . import checkpoint as ckpt
 from .config import ModelConfig, TrainConfig
 from .corpus import BUILTINS, load_text
 from .data import Batches, eval_batches, split
-from .errors import CharRNNError
-from .files import atomic_write_text
+from .errors import CharRNNError, WriteError
+from .files import DirectoryLock, append_text, atomic_write_text, remove_stale_temporaries
 from .model import CharRNN, precision_name, resolve_precision, summary
 from .plot import plot_losses
 from .vocab import Vocab
@@ -135,6 +136,9 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.bad_epochs = 0
         self.elapsed = 0.0  # seconds spent in fit(), across resumes: what --max-minutes limits
+        self.checkpoint_step: int | None = None  # global step of the last checkpoint on disk
+        self.stop_signal: int | None = None  # the signal that asked fit() to stop, if one did
+        self.lock: DirectoryLock | None = None  # held while this trainer may write the run directory
         self._stop_requested = False
         self._mark = time.perf_counter()
 
@@ -152,10 +156,7 @@ class Trainer:
         """Start a new run in `run_dir` (which must not hold one). `model`: ModelConfig fields except
         vocab_size, which comes from the text."""
         run_dir = Path(run_dir)
-        if ckpt.is_run(run_dir):
-            raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+        cls._check_new_run_dir(run_dir)
         text = config.text
         if text not in BUILTINS and not text.startswith(("http://", "https://")):
             # Absolute, so `--resume` works from any working directory.
@@ -164,14 +165,34 @@ class Trainer:
         model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
         torch.manual_seed(config.seed)
         trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / ckpt.METRICS).unlink(missing_ok=True)
-        vocab.save(run_dir / ckpt.VOCAB)
-        ckpt.save_config(run_dir, model_config, config, {
-            "name": corpus.name, "source": corpus.source, "chars": len(corpus.text), "sha256": corpus.sha256,
-            "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
-        })
+        # Everything is validated; only now is anything written.
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(run_dir, exc) from None
+        trainer._ensure_lock()
+        try:
+            cls._check_new_run_dir(run_dir)  # again, under the lock: another process may have started one
+            remove_stale_temporaries(run_dir)
+            vocab.save(run_dir / ckpt.VOCAB)
+            ckpt.save_config(run_dir, model_config, config, {
+                "name": corpus.name, "source": corpus.source, "chars": len(corpus.text), "sha256": corpus.sha256,
+                "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
+            })
+        except BaseException:
+            trainer.close()
+            raise
         return trainer
+
+    @staticmethod
+    def _check_new_run_dir(run_dir: Path) -> None:
+        if ckpt.is_run(run_dir):
+            raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+        if ckpt.holds_user_files(run_dir):
+            raise CharRNNError(f"{run_dir} is a folder with files in it that is not a charrnn run; charrnn never writes "
+                               "into such a folder: choose a new or empty --run")
 
     @classmethod
     def resume(cls, run_dir: str | Path, data_dir=None, callbacks: Sequence[Callback] = (), out: TextIO | None = None,
@@ -186,23 +207,50 @@ class Trainer:
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in allowed})
-        state = ckpt.load_trainer_state(run_dir / ckpt.TRAINER_STATE)
+        lock = DirectoryLock(run_dir).acquire()  # before reading the state another trainer may be writing
+        try:
+            remove_stale_temporaries(run_dir)  # left by a writer killed mid-checkpoint; we hold the lock
+            trainer = cls._restore(run_dir, model_config, config, corpus_info, data_dir, callbacks, out)
+            trainer.lock = lock
+            trainer._truncate_metrics()
+            ckpt.save_config(run_dir, model_config, config, corpus_info)
+        except BaseException:
+            lock.release()
+            raise
+        return trainer
+
+    @classmethod
+    def _restore(cls, run_dir: Path, model_config: ModelConfig, config: TrainConfig, corpus_info: dict[str, Any],
+                 data_dir, callbacks: Sequence[Callback], out: TextIO | None) -> "Trainer":
         corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
         if corpus_info.get("sha256") and corpus.sha256 != corpus_info["sha256"]:
             raise CharRNNError(f"the training text {config.text} changed since this run started; resume needs the same text")
-        if vocab != Vocab.load(run_dir / ckpt.VOCAB):
-            raise CharRNNError(f"{run_dir}/vocab.json does not match the training text")
+        if vocab != Vocab.load(run_dir / ckpt.VOCAB, "it must be the run's own; restore it from a backup"):
+            raise CharRNNError(f"{run_dir}/vocab.json does not match the training text; restore the run's own vocab.json")
+        state_path = run_dir / ckpt.TRAINER_STATE
+        if not state_path.is_file():
+            # Stopped before its first checkpoint: start again from step 0, exactly as `create` did.
+            torch.manual_seed(config.seed)
+            trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+            trainer._say(f"{run_dir} stopped before its first checkpoint: starting it again from step 0")
+            return trainer
         model = CharRNN(model_config)
+        state = ckpt.load_trainer_state(state_path, model)
         model.load_state_dict(state["model"])
         trainer = cls(run_dir, model, vocab, train_ids, val_ids, config, callbacks, out)
-        trainer.optimizer.load_state_dict(state["optimizer"])
+        fix = f"delete {state_path.name} to restart this run from step 0, or restore it from a backup"
+        try:
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["rng"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CharRNNError(f"{state_path} is damaged ({str(exc).splitlines()[0]}); {fix}") from None
         for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs", "elapsed"):
             setattr(trainer, name, state[name])
-        torch.set_rng_state(state["rng"])
+        if trainer.step_in_epoch > len(trainer.batches):
+            raise CharRNNError(f"{state_path} is damaged (step {trainer.step_in_epoch} of an epoch of {len(trainer.batches)}); {fix}")
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        trainer._truncate_metrics()
-        ckpt.save_config(run_dir, model_config, config, corpus_info)
+        trainer.checkpoint_step = trainer.global_step
         return trainer
 
     # -- the pieces of the loop ---------------------------------------------------------------------
@@ -250,13 +298,30 @@ class Trainer:
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        self._ensure_lock()
         ckpt.save_trainer_state(self.run_dir / ckpt.TRAINER_STATE, state)
+        self.checkpoint_step = self.global_step  # what --resume starts from, even if the next write fails
         ckpt.save_weights(self.run_dir / ckpt.LATEST, self.model, epoch=self.epoch, step=self.global_step)
+
+    def _ensure_lock(self) -> None:
+        if self.lock is None:
+            self.lock = DirectoryLock(self.run_dir)
+        self.lock.acquire()
+
+    def close(self) -> None:
+        """Release the run directory's lock (fit() does this when it returns)."""
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_text(self.run_dir / ckpt.METRICS, json.dumps(record) + "\n")
 
     def _truncate_metrics(self) -> None:
         # Lines written after the checkpoint we resume from describe steps that will be redone.
@@ -304,11 +369,18 @@ class Trainer:
             callback.on_epoch_end(self, record)
         return record
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
+        # Ctrl-C and SIGTERM (kill, systemd, a job scheduler) both finish the step and save; a second
+        # one stops at once: Ctrl-C as KeyboardInterrupt, SIGTERM by its default action (exit 143).
         if self._stop_requested:
-            raise KeyboardInterrupt  # a second Ctrl-C stops at once
-        self._stop_requested = True
-        self._say("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort without saving)")
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._stop_requested, self.stop_signal = True, signum
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self._say(f"\n{name}: stopping after this step and saving a checkpoint ({name} again stops at once, without saving)")
 
     def request_stop(self) -> None:
         """Stop after the current step, save, and return from fit() with status 'interrupted'."""
@@ -328,10 +400,12 @@ class Trainer:
             self._say(f"untrained loss {untrained:.4f} (ln {len(self.vocab)} = {math.log(len(self.vocab)):.4f}: a uniform guess)")
         self._say(f"training on {self.device.type} ({self.precision}, {torch.get_num_threads()} threads): {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
                   f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         self._mark = time.perf_counter()
         status = "finished"
         try:
+            self._ensure_lock()
             while self.epoch < cfg.epochs:
                 started = time.perf_counter()
                 progress = Progress(self.out, self.epoch, cfg.epochs, steps)
@@ -374,10 +448,25 @@ class Trainer:
                     status = "early_stopped"
                     self._say(f"validation loss has not improved for {self.bad_epochs} epoch(s): stopping early (--patience {cfg.patience})")
                     break
+        except WriteError as exc:
+            raise CharRNNError(self._write_failure(exc)) from None
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.close()
         return FitResult(status, self.epoch, self.global_step, self.best_val_loss)
+
+    def _write_failure(self, exc: WriteError) -> str:
+        """One line for a failed write: what failed, that the last checkpoint is intact, how to go on."""
+        action = {"the disk is full": "free some space", "the disk quota is used up": "free some space",
+                  "the file system is read-only": "make the disk writable",
+                  "permission denied": "fix the folder's permissions"}.get(exc.reason, "fix that")
+        if self.checkpoint_step is None:
+            saved = "no checkpoint was written yet (resuming starts from step 0)"
+        else:
+            saved = f"the last checkpoint (step {self.checkpoint_step}) is intact"
+        return (f"{exc.reason} while writing {exc.path}; {saved}: {action}, then resume with: "
+                f"charrnn train --resume {self.run_dir}")
 
     @torch.inference_mode()
     def _untrained_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:

@@ -95,15 +95,11 @@ class Vocab:
         atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Vocab":
+    def load(cls, path: Path, fix: str = "retrain, or restore the file from a backup") -> "Vocab":
+        from .formats import VocabFile, load  # pydantic is imported only when a file is read
+
+        data = load(VocabFile, path, fix)
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CharRNNError(f"cannot read vocabulary {path}: {exc}") from None
-        version = data.get("format_version") if isinstance(data, dict) else None
-        if version != VOCAB_FORMAT_VERSION:
-            raise CharRNNError(
-                f"{path}: vocabulary format version {version!r} is not supported "
-                f"(this charrnn reads version {VOCAB_FORMAT_VERSION}); upgrade charrnn"
-            )
-        return cls(tuple(data["chars"]))
+            return cls(tuple(data.chars))
+        except CharRNNError as exc:
+            raise CharRNNError(f"{path} is damaged ({exc}); {fix}") from None
