@@ -44,7 +44,7 @@ def sse(text: str) -> tuple[list[list[str]], dict]:
 
 
 def test_health_model_and_schema(client):
-    assert client.get("/health").json() == {"status": "ok", "active_streams": 0}
+    assert client.get("/health").json() == {"status": "ok", "active_streams": 0, "active_generations": 0}
     info = client.get("/v1/model").json()
     assert info["cell"] == "gru" and info["hidden_size"] == 32 and info["vocab_size"] == len(info["vocabulary"])
     assert info["last_epoch"]["val_loss"] > 0 and info["limits"]["max_length"] == 400

@@ -46,7 +46,8 @@ def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarra
     return vocab.encode(primer), False
 
 
-def check_request(prompts: Sequence[str], length: int, num_samples: int, temperature: float, top_k: int, top_p: float) -> None:
+def check_request(prompts: Sequence[str], length: int, num_samples: int, temperature: float, top_k: int, top_p: float,
+                  seed: int | None = None) -> None:
     if not prompts:
         raise CharRNNError("give at least one prompt")
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
@@ -54,6 +55,8 @@ def check_request(prompts: Sequence[str], length: int, num_samples: int, tempera
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise CharRNNError(f"num_samples must be a positive integer; got {num_samples!r}")
     check_sampling(temperature, top_k, top_p)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise CharRNNError(f"seed must be an integer from 0 to 2**64 - 1; got {seed!r}")
 
 
 def stream(backend_for, vocab: Vocab, prompt: str | Sequence[str] = "", length: int = 1000, temperature: float = 1.0,
@@ -62,7 +65,7 @@ def stream(backend_for, vocab: Vocab, prompt: str | Sequence[str] = "", length: 
     """Yield the prompts, then one character per sample per step (see CharModel.stream).
     `backend_for(batch)` returns the Backend to use for that many rows."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    check_request(prompts, length, num_samples, temperature, top_k, top_p)
+    check_request(prompts, length, num_samples, temperature, top_k, top_p, seed)
     encoded = [prompt_ids(vocab, p, drop_unknown) for p in prompts]
     backend = backend_for(len(prompts) * num_samples)
     rng = np.random.default_rng(seed)
