@@ -40,6 +40,12 @@ CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, a
 
 MAX_SEED = 2**64 - 1
 
+# One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "event": {"enum": ["message", "done"], "description": "message: a chunk; done: the last event"},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": 'a chunk: {"texts": [one string per sample]} (the first holds the prompts); done: {"seed": S}'}}}
+
 
 def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn"):
     """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel)."""
@@ -50,23 +56,31 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
     from .serve_http import BodyLimit, documented, install_error_handlers
 
+    from typing import Annotated
+
+    from pydantic import BeforeValidator
+
     def bounds(**keywords) -> dict:
         return {"json_schema_extra": keywords}
 
+    # JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
+    Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
     class GenerateRequest(BaseModel):
-        # Strict: JSON true is not the number 1, 1.0 is not an integer, 0 is not false. The ranges are
+        # Strict: JSON true is not the number 1, 0 is not false, 1.5 is not an integer. The ranges are
         # in the schema for clients, and checked by the same code as the CLI's (decoding.check_request
         # and the limits below), whose 400s say what is allowed; test_serve_reliability checks that
         # the schema and those checks agree.
         model_config = ConfigDict(extra="forbid", strict=True)
         prompt: str = Field("", description="text to start from; empty starts a fresh line",
                             **bounds(maxLength=limits.max_prompt_chars))
-        length: int = Field(200, description="characters to generate after the prompt", **bounds(minimum=0, maximum=limits.max_length))
+        length: Integer = Field(min(200, limits.max_length), description="characters to generate after the prompt",  # the default fits --max-length
+                            **bounds(minimum=0, maximum=limits.max_length))
         temperature: float = Field(1.0, description="0 = greedy", **bounds(minimum=0))
-        top_k: int = Field(0, description="0 = off", **bounds(minimum=0))
+        top_k: Integer = Field(0, description="0 = off", **bounds(minimum=0))
         top_p: float = Field(1.0, description="1 = off", **bounds(exclusiveMinimum=0, maximum=1))
-        seed: int | None = Field(None, description="same seed, same text; omitted = random (returned)", **bounds(minimum=0, maximum=MAX_SEED))
-        num_samples: int = Field(1, description="samples generated together", **bounds(minimum=1, maximum=limits.max_samples))
+        seed: Integer | None = Field(None, description="same seed, same text; omitted = random (returned)", **bounds(minimum=0, maximum=MAX_SEED))
+        num_samples: Integer = Field(1, description="samples generated together", **bounds(minimum=1, maximum=limits.max_samples))
         stream: bool = Field(False, description="Server-Sent Events as characters are produced")
         drop_unknown: bool = Field(False, description="drop prompt characters the model never saw")
 
@@ -136,7 +150,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     @app.post("/v1/generate", responses={
         200: {"model": Generated, "description": "the samples, each the prompt and its continuation; with \"stream\": true, "
               "Server-Sent Events: data: {\"texts\": [...]} per chunk (the prompts first), then event: done, data: {\"seed\": S}",
-              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+              "content": {"text/event-stream": {"schema": SSE_EVENT}}},
         **documented(400, 413, 422, 500)})
     async def generate(body: GenerateRequest, request: Request):
         options = check(body)
