@@ -216,6 +216,7 @@ def bind(host: str, port: int):
     """A listening socket on host:port, or a CharRNNError saying what to change (uvicorn would print a
     traceback for a port out of range and a log line for one in use)."""
     import errno
+    import os
     import socket
 
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
@@ -230,4 +231,4 @@ def bind(host: str, port: int):
             raise CharRNNError(f"port {port} on {host} is already in use; stop what uses it or pick another with --port") from None
         if exc.errno == errno.EACCES:
             raise CharRNNError(f"no permission to listen on port {port}; ports below 1024 need root: use --port 8000") from None
-        raise CharRNNError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; try another --host or --port") from None
+        raise CharRNNError(f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}; try another --host or --port") from None
