@@ -2,8 +2,8 @@
 the OpenAPI schema tells the truth (hypothesis and schemathesis check it), and a client that leaves stops
 its generation, streamed or not."""
 
+import contextlib
 import json
-import math
 import socket
 import threading
 import time
@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 pytest.importorskip("fastapi")
-hypothesis = pytest.importorskip("hypothesis")
+pytest.importorskip("hypothesis")
 schemathesis = pytest.importorskip("schemathesis")
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -223,23 +223,31 @@ def test_any_body_gets_200_or_a_json_4xx_as_the_schema_says(client, model, reque
 
 
 # -- item 14: a client that leaves stops its generation ---------------------------------------------------
-@pytest.fixture(scope="module")
-def server(model):
-    """The real server (uvicorn) on a free local port, its socket bound by charrnn.serve.bind."""
+@contextlib.contextmanager
+def live(app):
+    """`app` on uvicorn in a thread, on a free port of 127.0.0.1 bound by charrnn.serve.bind; yields its URL."""
     import uvicorn
 
     listener = bind("127.0.0.1", 0)
-    app = create_app(model, ServeLimits(max_length=3_000_000, max_samples=16))
     instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not instance.started and time.time() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", app
-    instance.should_exit = True
-    thread.join(timeout=10)
-    listener.close()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    app = create_app(model, ServeLimits(max_length=3_000_000, max_samples=16))
+    with live(app) as url:
+        yield url, app
 
 
 def health(url) -> dict:
@@ -312,21 +320,9 @@ def test_a_port_in_use_is_a_one_line_error_naming_it(tiny_run):
 # -- contract: schemathesis against the live server's OpenAPI ------------------------------------------------
 @pytest.fixture(scope="module")
 def contract_server(model):
-    """uvicorn on 127.0.0.1 with small limits, so that generated requests stay quick."""
-    import uvicorn
-
-    listener = bind("127.0.0.1", 0)
-    instance = uvicorn.Server(uvicorn.Config(create_app(model, ServeLimits(max_length=200, max_samples=4, max_prompt_chars=100)),
-                                             log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    instance.should_exit = True
-    thread.join(timeout=10)
-    listener.close()
+    """The real server with small limits, so that generated requests stay quick."""
+    with live(create_app(model, ServeLimits(max_length=200, max_samples=4, max_prompt_chars=100))) as url:
+        yield url
 
 
 OPERATIONS = [("POST", "/v1/generate"), ("GET", "/v1/model"), ("GET", "/health"), ("GET", "/")]

@@ -20,7 +20,7 @@ import secrets
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from . import decoding
 from .errors import CharRNNError
@@ -51,14 +51,10 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
     from starlette.concurrency import run_in_threadpool
 
     from .serve_http import BodyLimit, documented, install_error_handlers
-
-    from typing import Annotated
-
-    from pydantic import BeforeValidator
 
     def bounds(**keywords) -> dict:
         return {"json_schema_extra": keywords}
@@ -74,8 +70,8 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
         model_config = ConfigDict(extra="forbid", strict=True)
         prompt: str = Field("", description="text to start from; empty starts a fresh line",
                             **bounds(maxLength=limits.max_prompt_chars))
-        length: Integer = Field(min(200, limits.max_length), description="characters to generate after the prompt",  # the default fits --max-length
-                            **bounds(minimum=0, maximum=limits.max_length))
+        length: Integer = Field(min(200, limits.max_length),  # a default that fits --max-length
+                                description="characters to generate after the prompt", **bounds(minimum=0, maximum=limits.max_length))
         temperature: float = Field(1.0, description="0 = greedy", **bounds(minimum=0))
         top_k: Integer = Field(0, description="0 = off", **bounds(minimum=0))
         top_p: float = Field(1.0, description="1 = off", **bounds(exclusiveMinimum=0, maximum=1))
