@@ -157,6 +157,21 @@ def test_a_bug_is_a_json_500(model):
         assert_json_error(broken.post("/v1/generate", json={}), 500, "internal error: RuntimeError: stream broke")
 
 
+def test_a_bug_mid_stream_ends_the_stream_with_an_error_event(model):
+    class BreaksMidway:
+        vocab = model.vocab
+
+        def stream(self, **options):
+            yield [options["prompt"]]
+            yield ["x"]
+            raise RuntimeError("step broke")
+
+    with TestClient(create_app(BreaksMidway(), LIMITS)) as broken:
+        response = broken.post("/v1/generate", json={"prompt": "A", "stream": True})
+    assert response.status_code == 200
+    assert response.text.endswith('event: error\ndata: {"error": "internal error: RuntimeError: step broke"}\n\n')
+
+
 def test_the_schema_documents_errors_and_ranges(client):
     schema = client.get("/openapi.json").json()
     generate = schema["paths"]["/v1/generate"]["post"]["responses"]

@@ -3,6 +3,7 @@
     POST /v1/generate   {prompt, length, temperature, top_k, top_p, seed, num_samples, stream, drop_unknown}
                         -> {"samples": [...], "seed": S}, or with "stream": true Server-Sent Events:
                            data: {"texts": [...]} per chunk (the prompts first), then event: done
+                           (or event: error, {"error": ...}, should generation fail midway)
     GET  /v1/model      architecture, vocabulary size, parameters, training metrics, limits
     GET  /health        {"status": "ok", "active_streams": N, "active_generations": M}
     GET  /              a single page that streams generations (no build step, nothing from the internet)
@@ -16,6 +17,7 @@ method, 413 for a body over the limit, 422 for a malformed request, 500 for a bu
 
 
 import json
+import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass
@@ -42,9 +44,10 @@ MAX_SEED = 2**64 - 1
 
 # One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
-    "event": {"enum": ["message", "done"], "description": "message: a chunk; done: the last event"},
+    "event": {"enum": ["message", "done", "error"], "description": "message: a chunk; done or error: the last event"},
     "data": {"type": "string", "contentMediaType": "application/json",
-             "description": 'a chunk: {"texts": [one string per sample]} (the first holds the prompts); done: {"seed": S}'}}}
+             "description": 'a chunk: {"texts": [one string per sample]} (the first holds the prompts); '
+                            'done: {"seed": S}; error: {"error": "internal error: ..."}'}}}
 
 
 def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn"):
@@ -166,6 +169,9 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
                 async for chunk in chunks(pieces, request):
                     yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
                 yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
+            except Exception as exc:  # a bug after the 200 was sent: the last event says so, the log has the traceback
+                logging.getLogger("uvicorn.error").exception("generation failed mid-stream")
+                yield f"event: error\ndata: {json.dumps({'error': f'internal error: {type(exc).__name__}: {exc}'})}\n\n"
             finally:
                 app.state.active_streams -= 1
 
