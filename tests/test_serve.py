@@ -140,9 +140,9 @@ def test_client_disconnect_stops_generation(server):
             received = 0
             for line in response.iter_lines():
                 received += line.startswith("data: ")
-                if received >= 5:
+                if received >= 5:  # checked before leaving the loop, which closes the connection
+                    assert http.get(f"{url}/health").json()["active_streams"] == 1
                     break
-            assert http.get(f"{url}/health").json()["active_streams"] == 1
     deadline = time.time() + 10  # 200,000 characters would take minutes; stopping takes a chunk
     while time.time() < deadline and httpx.get(f"{url}/health").json()["active_streams"]:
         time.sleep(0.05)
