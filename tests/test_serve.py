@@ -44,7 +44,7 @@ def sse(text: str) -> tuple[list[list[str]], dict]:
 
 
 def test_health_model_and_schema(client):
-    assert client.get("/health").json() == {"status": "ok", "active_streams": 0}
+    assert client.get("/health").json() == {"status": "ok", "active_streams": 0, "active_generations": 0}
     info = client.get("/v1/model").json()
     assert info["cell"] == "gru" and info["hidden_size"] == 32 and info["vocab_size"] == len(info["vocabulary"])
     assert info["last_epoch"]["val_loss"] > 0 and info["limits"]["max_length"] == 400
@@ -140,9 +140,9 @@ def test_client_disconnect_stops_generation(server):
             received = 0
             for line in response.iter_lines():
                 received += line.startswith("data: ")
-                if received >= 5:
+                if received >= 5:  # checked before leaving the loop, which closes the connection
+                    assert http.get(f"{url}/health").json()["active_streams"] == 1
                     break
-            assert http.get(f"{url}/health").json()["active_streams"] == 1
     deadline = time.time() + 10  # 200,000 characters would take minutes; stopping takes a chunk
     while time.time() < deadline and httpx.get(f"{url}/health").json()["active_streams"]:
         time.sleep(0.05)

@@ -7,6 +7,7 @@ argument checks, the random stream and sampling. So `charrnn.load(RUN)` and
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -53,7 +54,7 @@ def check_request(prompts: Sequence[str], length: int, num_samples: int, tempera
                   seed: int | None = None) -> None:
     if not prompts:
         raise CharRNNError("give at least one prompt")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED):
         raise CharRNNError(f"seed must be an integer from 0 to 2**64 - 1; got {seed!r}")
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise CharRNNError(f"length must be a non-negative integer; got {length!r}")

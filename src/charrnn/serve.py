@@ -3,24 +3,28 @@
     POST /v1/generate   {prompt, length, temperature, top_k, top_p, seed, num_samples, stream, drop_unknown}
                         -> {"samples": [...], "seed": S}, or with "stream": true Server-Sent Events:
                            data: {"texts": [...]} per chunk (the prompts first), then event: done
+                           (or event: error, {"error": ...}, should generation fail midway)
     GET  /v1/model      architecture, vocabulary size, parameters, training metrics, limits
-    GET  /health        {"status": "ok", "active_streams": N}
+    GET  /health        {"status": "ok", "active_streams": N, "active_generations": M}
     GET  /              a single page that streams generations (no build step, nothing from the internet)
     GET  /openapi.json  the schema
 
-Generation goes through the same `generate` / `stream` as the CLI and the Python API. Errors are JSON,
-{"error": "..."}, with 400 for bad values (unseen prompt characters included), 413 for a body over the
-limit and 422 for a malformed request.
+Generation goes through the same `stream` (and its checks) as the CLI and the Python API, a slice at a
+time so that a client that leaves stops its generation. Every error is JSON, {"error": "..."} (see
+serve_http.py): 400 for bad values (unseen prompt characters included), 404 / 405 for a wrong path or
+method, 413 for a body over the limit, 422 for a malformed request, 500 for a bug.
 """
 
 
 import json
+import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
+from . import decoding
 from .errors import CharRNNError
 
 
@@ -34,82 +38,67 @@ class ServeLimits:
     max_body_bytes: int = 65536  # size of the request body
 
 
-class BodyLimit:
-    """ASGI middleware: answer 413 as soon as a request body exceeds the limit (declared or streamed)."""
+CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, and how soon a client leaving is noticed
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+MAX_SEED = 2**64 - 1
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        received, rejected = 0, False
-
-        async def limited():
-            # Past the limit: answer 413 now and tell the app the client is gone, so it stops reading.
-            nonlocal received, rejected
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                if not rejected:
-                    rejected = True
-                    await self._reject(send)
-                return {"type": "http.disconnect"}
-            return message
-
-        async def guarded(message):
-            if not rejected:  # after a 413, whatever the app answers is dropped
-                await send(message)
-
-        await self.app(scope, limited, guarded)
-
-    async def _reject(self, send):
-        body = json.dumps({"error": f"request body is larger than {self.limit} bytes; send a shorter prompt"}).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+# One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
+SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
+    "event": {"enum": ["message", "done", "error"], "description": "message: a chunk; done or error: the last event"},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": 'a chunk: {"texts": [one string per sample]} (the first holds the prompts); '
+                            'done: {"seed": S}; error: {"error": "internal error: ..."}'}}}
 
 
 def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn"):
     """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel)."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from fastapi.responses import HTMLResponse, StreamingResponse
+    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
     from starlette.concurrency import run_in_threadpool
 
+    from .serve_http import BodyLimit, documented, install_error_handlers
+
+    def bounds(**keywords) -> dict:
+        return {"json_schema_extra": keywords}
+
+    # JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
+    Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
     class GenerateRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        prompt: str = Field("", description="text to start from; empty starts a fresh line")
-        length: int = Field(200, description="characters to generate after the prompt")
-        temperature: float = Field(1.0, description="0 = greedy")
-        top_k: int = Field(0, description="0 = off")
-        top_p: float = Field(1.0, description="1 = off")
-        seed: int | None = Field(None, description="same seed, same text; omitted = random (returned)")
-        num_samples: int = Field(1, description="samples generated together")
+        # Strict: JSON true is not the number 1, 0 is not false, 1.5 is not an integer. The ranges are
+        # in the schema for clients, and checked by the same code as the CLI's (decoding.check_request
+        # and the limits below), whose 400s say what is allowed; test_serve_reliability checks that
+        # the schema and those checks agree.
+        model_config = ConfigDict(extra="forbid", strict=True)
+        prompt: str = Field("", description="text to start from; empty starts a fresh line",
+                            **bounds(maxLength=limits.max_prompt_chars))
+        length: Integer = Field(min(200, limits.max_length),  # a default that fits --max-length
+                                description="characters to generate after the prompt", **bounds(minimum=0, maximum=limits.max_length))
+        temperature: float = Field(1.0, description="0 = greedy", **bounds(minimum=0))
+        top_k: Integer = Field(0, description="0 = off", **bounds(minimum=0))
+        top_p: float = Field(1.0, description="1 = off", **bounds(exclusiveMinimum=0, maximum=1))
+        seed: Integer | None = Field(None, description="same seed, same text; omitted = random (returned)", **bounds(minimum=0, maximum=MAX_SEED))
+        num_samples: Integer = Field(1, description="samples generated together", **bounds(minimum=1, maximum=limits.max_samples))
         stream: bool = Field(False, description="Server-Sent Events as characters are produced")
         drop_unknown: bool = Field(False, description="drop prompt characters the model never saw")
 
+    class Generated(BaseModel):
+        samples: list[str]
+        seed: int
+
+    class Health(BaseModel):
+        status: str
+        active_streams: int = Field(description="streaming responses in progress")
+        active_generations: int = Field(description="requests generating, streamed or not")
+
     app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None,  # the docs pages load assets from a CDN
-                  description="Generate text with a character-level RNN.")
-    app.state.active_streams = 0
+                  description="Generate text with a character-level RNN. Every error is JSON {\"error\": \"...\"}.",
+                  responses=documented(500))
+    app.state.active_streams = app.state.active_generations = 0
     page_html = resources.files("charrnn").joinpath("page.html").read_text(encoding="utf-8")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
-
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
-        return error(422, f"malformed request: {problems}")
-
-    @app.exception_handler(CharRNNError)
-    async def bad_value(request: Request, exc: CharRNNError):
-        return error(400, str(exc))
+    install_error_handlers(app)
 
     def check(request: GenerateRequest) -> dict[str, Any]:
         for name, value, limit, flag in (("length", request.length, limits.max_length, "--max-length"),
@@ -122,40 +111,68 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
         options["seed"] = request.seed if request.seed is not None else secrets.randbelow(2**31)
         return options
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "active_streams": app.state.active_streams}
+    async def chunks(pieces, request: Request):
+        """The rest of a stream, a slice of generation at a time in the threadpool; stops at the next slice
+        once the client has gone, so a request nobody waits for does not keep a core busy."""
+        app.state.active_generations += 1
+        try:
+            while not await request.is_disconnected():
+                chunk = await run_in_threadpool(_take, pieces, CHUNK_SECONDS)
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            try:
+                pieces.close()
+            except ValueError:  # cancelled mid-slice: that thread finishes its slice and is not resumed
+                pass
+            app.state.active_generations -= 1
 
-    @app.get("/v1/model")
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        # FastAPI's OpenAPI models hold bounds as floats, and 2**64 - 1 is not one (it rounds up to 2**64).
+        schema = app.openapi_schema or default_openapi()
+        schema["components"]["schemas"]["GenerateRequest"]["properties"]["seed"]["maximum"] = MAX_SEED
+        return schema
+
+    app.openapi = openapi
+
+    @app.get("/health", response_model=Health)
+    async def health():
+        return {"status": "ok", "active_streams": app.state.active_streams, "active_generations": app.state.active_generations}
+
+    @app.get("/v1/model", response_model=dict[str, Any])
     async def describe():
         return {**model.describe(), "limits": asdict(limits), "vocabulary": "".join(model.vocab.chars)}
 
-    @app.post("/v1/generate")
+    @app.post("/v1/generate", responses={
+        200: {"model": Generated, "description": "the samples, each the prompt and its continuation; with \"stream\": true, "
+              "Server-Sent Events: data: {\"texts\": [...]} per chunk (the prompts first), then event: done, data: {\"seed\": S}",
+              "content": {"text/event-stream": {"schema": SSE_EVENT}}},
+        **documented(400, 413, 422, 500)})
     async def generate(body: GenerateRequest, request: Request):
         options = check(body)
-        if not body.stream:
-            samples = await run_in_threadpool(model.generate, **options)
-            return {"samples": samples, "seed": options["seed"]}
         pieces = model.stream(**options)
         first = await run_in_threadpool(next, pieces)  # bad prompts fail here, before the 200 is sent
+        if not body.stream:
+            collected = [first]
+            async for chunk in chunks(pieces, request):
+                collected.append(chunk)
+            # Had the client left, nobody reads this answer (and the generation stopped early).
+            return {"samples": decoding.join(iter(collected)), "seed": options["seed"]}
 
         async def events():
             app.state.active_streams += 1
             try:
                 yield f"data: {json.dumps({'texts': first})}\n\n"
-                while True:
-                    if await request.is_disconnected():
-                        return  # the client left: stop generating
-                    chunk = await run_in_threadpool(_take, pieces, 0.03)
-                    if chunk is None:
-                        break
+                async for chunk in chunks(pieces, request):
                     yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
                 yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
+            except Exception as exc:  # a bug after the 200 was sent: the last event says so, the log has the traceback
+                logging.getLogger("uvicorn.error").exception("generation failed mid-stream")
+                yield f"event: error\ndata: {json.dumps({'error': f'internal error: {type(exc).__name__}: {exc}'})}\n\n"
             finally:
-                try:
-                    pieces.close()
-                except ValueError:  # cancelled mid-chunk: that thread finishes its chunk and is not resumed
-                    pass
                 app.state.active_streams -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -186,8 +203,34 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits =
         raise CharRNNError("serving needs fastapi and uvicorn: pip install 'charrnn[serve]'") from None
     from .cli import load_any
 
+    listener = bind(host, port)  # before loading the model: a busy port fails at once
     model = load_any(path)
+    port = listener.getsockname()[1]  # the one the system picked for --port 0
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"charrnn: serving on {host}: anyone who can reach this machine can use it", file=sys.stderr)
     print(f"serving {path} on http://{host}:{port}/  (API: POST /v1/generate, GET /v1/model; Ctrl-C stops)", file=sys.stderr)
-    uvicorn.run(create_app(model, limits), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(model, limits), log_level="warning"))
+    with listener:
+        server.run(sockets=[listener])
+
+
+def bind(host: str, port: int):
+    """A listening socket on host:port, or a CharRNNError saying what to change (uvicorn would print a
+    traceback for a port out of range and a log line for one in use)."""
+    import errno
+    import os
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise CharRNNError(f"--port must be from 0 to 65535 (0 picks a free one); got {port!r}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as exc:
+        raise CharRNNError(f"cannot bind to --host {host}: {exc.strerror}; use an address of this machine, e.g. 127.0.0.1") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise CharRNNError(f"port {port} on {host} is already in use; stop what uses it or pick another with --port") from None
+        if exc.errno == errno.EACCES:
+            raise CharRNNError(f"no permission to listen on port {port}; ports below 1024 need root: use --port 8000") from None
+        raise CharRNNError(f"cannot listen on {host}:{port}: {os.strerror(exc.errno) if exc.errno else exc}; try another --host or --port") from None
