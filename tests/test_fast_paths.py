@@ -99,3 +99,14 @@ def test_auto_precision_uses_bf16_only_where_it_pays(tiny_run, small_text, tmp_p
     trainer.fit()
     record = json.loads((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["precision"] == ("bf16" if native else "fp32")  # the run records what auto chose
+
+
+def test_loading_the_kernels_keeps_ieee_subnormals():
+    # Linking with -ffast-math would add crtfastmath.o, turning on flush-to-zero for the whole process.
+    import numpy as np
+    from charrnn import kernels
+
+    if not kernels.available():
+        pytest.skip("no C compiler: the fused kernels are not built here")
+    tiny = np.finfo(np.float32).tiny
+    assert np.float32(tiny) / np.float32(4) > 0

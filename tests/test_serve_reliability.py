@@ -26,22 +26,6 @@ LIMITS = ServeLimits(max_length=60, max_samples=3, max_prompt_chars=20, max_body
 FIELDS = ("prompt", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stream", "drop_unknown")
 
 
-@pytest.fixture(autouse=True)
-def ieee_floats():
-    """Undo flush-to-zero on this thread before hypothesis generates floats (it refuses to otherwise).
-
-    The fused kernels are built with gcc -ffast-math, and gcc 12 then links crtfastmath.o into the .so:
-    loading it sets FTZ/DAZ on the loading thread (and threads started from it), so subnormal floats
-    read as 0 in this process afterwards. Reported; until the kernels are linked without it, reset."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("m")).fesetenv(ctypes.c_void_p(-1))  # FE_DFL_ENV in glibc
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
 @pytest.fixture(scope="module")
 def model(tiny_run):
     return charrnn.load(tiny_run)

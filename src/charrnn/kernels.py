@@ -124,7 +124,10 @@ TRANSPOSE(transpose_bf16, uint16_t)
 
 # -ffast-math (whole: any -fno-... part of it undefines __FAST_MATH__) is what makes glibc declare its
 # vectorised expf/tanhf (libmvec); the bf16 NaN test is integer arithmetic, so it survives fast-math.
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-shared", "-fPIC"]
+# It is a compile flag only: linking with it adds crtfastmath.o, which turns on flush-to-zero for the
+# whole process that loads the library (subnormals become 0 everywhere, not just in these loops).
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffast-math", "-fopenmp", "-fPIC"]
+LINK_FLAGS = ["-shared", "-fopenmp"]
 
 _lock = threading.Lock()
 _library = None
@@ -143,7 +146,7 @@ def _build() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not compiler:
         raise RuntimeError("no C compiler (gcc) found")
-    key = hashlib.sha256((SOURCE + " ".join(FLAGS) + _cpu_id()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((SOURCE + " ".join(FLAGS + LINK_FLAGS) + _cpu_id()).encode()).hexdigest()[:16]
     from .corpus import cache_dir
 
     path = cache_dir() / "kernels" / f"gru-{key}.so"
@@ -152,9 +155,15 @@ def _build() -> ctypes.CDLL:
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(SOURCE)
         with atomic_path(path) as tmp:
-            result = subprocess.run([compiler, *FLAGS, str(source), "-o", str(tmp), "-lmvec", "-lm"], capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+            obj = tmp.with_suffix(".o")
+            try:
+                for command in ([compiler, *FLAGS, "-c", str(source), "-o", str(obj)],
+                                [compiler, *LINK_FLAGS, str(obj), "-o", str(tmp), "-lmvec", "-lm"]):
+                    result = subprocess.run(command, capture_output=True, text=True)
+                    if result.returncode != 0:
+                        raise RuntimeError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
+            finally:
+                obj.unlink(missing_ok=True)
     library = ctypes.CDLL(str(path))
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     for suffix in ("f32", "bf16"):

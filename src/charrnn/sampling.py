@@ -42,7 +42,9 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
         probs = np.zeros_like(logits)
         probs[np.arange(batch), logits.argmax(axis=1)] = 1.0
         return probs
-    scaled = logits / temperature if temperature != 1 else logits
+    # Shifted first, so a tiny temperature sends the others to -inf instead of overflowing to NaN.
+    with np.errstate(over="ignore"):
+        scaled = (logits - logits.max(axis=1, keepdims=True)) / temperature if temperature != 1 else logits
     if 0 < top_k < vocab:
         # Everything below the k-th largest logit is removed (ties with it are kept).
         kth = np.partition(scaled, vocab - top_k, axis=1)[:, vocab - top_k : vocab - top_k + 1]
