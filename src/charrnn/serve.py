@@ -25,6 +25,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 from . import decoding
+from .decoding import MAX_SEED
 from .errors import CharRNNError
 
 
@@ -39,8 +40,6 @@ class ServeLimits:
 
 
 CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, and how soon a client leaving is noticed
-
-MAX_SEED = 2**64 - 1
 
 # One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
