@@ -1,0 +1,105 @@
+"""Scale: streaming preparation (same ids, vocabulary and SHA-256 as loading the text whole), the cache,
+bounded evaluation, --decode-errors, and DDP training on 2 CPU processes."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+import charrnn.prepare as prep
+from charrnn.corpus import load_text
+from charrnn.data import eval_batches, eval_sample
+from charrnn.errors import CharRNNError
+from charrnn.vocab import Vocab
+
+from conftest import TINY, run_cli
+
+
+def assert_same_as_whole(spec, **options):
+    """prepare() must give exactly what load_text + Vocab.from_text + encode give."""
+    corpus = load_text(spec, **options)
+    vocab = Vocab.from_text(corpus.text)
+    prepared = prep.prepare(spec, out=open(os.devnull, "w"), **options)
+    assert prepared.vocab == vocab
+    assert prepared.sha256 == corpus.sha256 and prepared.chars == len(corpus.text)
+    assert prepared.ids.dtype == vocab.dtype and np.array_equal(prepared.ids, vocab.encode(corpus.text))
+    return prepared
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 4 << 20])
+def test_streaming_matches_whole_text(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(prep, "CHUNK", chunk)  # tiny chunks split multi-byte characters and BOMs
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbfhello w\xc3\xb6rld")  # two BOMs, no final newline
+    (folder / "b.txt").write_text("caf\u00e9 \u4e2d\u6587 \U0001f600\n", encoding="utf-8")
+    (folder / "c.txt").write_text("", encoding="utf-8")
+    (folder / "d.txt").write_text("plain ascii", encoding="utf-8")
+    for skip in (0, 1, 5, 13, 14, 15):
+        assert_same_as_whole(str(folder), skip_chars=skip)
+    assert_same_as_whole(str(folder / "a.txt"))  # one file: no newline added
+    (tmp_path / "l1.txt").write_bytes(bytes(range(1, 256)) * 3)
+    assert_same_as_whole(str(tmp_path / "l1.txt"), encoding="latin-1")
+    (tmp_path / "u16.txt").write_text("\ufeffutf-16 text \u00e9\n", encoding="utf-16")
+    assert_same_as_whole(str(tmp_path / "u16.txt"), encoding="utf-16")
+
+
+def test_shakespeare_and_large_vocabularies(tmp_path):
+    prepared = assert_same_as_whole("shakespeare")
+    assert len(prepared.vocab) == 65 and prepared.ids.dtype == np.uint8 and isinstance(prepared.ids, np.memmap)
+    chinese = "".join(chr(0x4E00 + i) for i in range(3000)) * 2
+    (tmp_path / "zh.txt").write_text(chinese, encoding="utf-8")
+    assert assert_same_as_whole(str(tmp_path / "zh.txt")).ids.dtype == np.uint16
+    huge = "".join(chr(c) for c in range(0x20, 0x20 + 70_000) if not 0xD800 <= c < 0xE000)
+    (tmp_path / "huge.txt").write_text(huge, encoding="utf-8")
+    prepared = assert_same_as_whole(str(tmp_path / "huge.txt"))
+    assert len(prepared.vocab) > 65_536 and prepared.ids.dtype == np.uint32
+
+
+def test_cache_hit_and_change(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("abc abc\n" * 100, encoding="utf-8")
+    first = prep.prepare(str(path))
+    again = prep.prepare(str(path))
+    assert not first.cached and again.cached and again.path == first.path and again.sha256 == first.sha256
+    path.write_text("xyz xyz\n" * 100, encoding="utf-8")
+    os.utime(path, ns=(time.time_ns() + 10**9,) * 2)
+    changed = prep.prepare(str(path))
+    assert not changed.cached and changed.sha256 != first.sha256 and "x" in changed.vocab
+
+
+def test_decode_errors_skip_replace_and_hints(tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a.txt").write_text("good one\n", encoding="utf-8")
+    (folder / "b.txt").write_bytes(b"bad \xff byte")
+    (folder / "c.txt").write_text("good two", encoding="utf-8")
+    with pytest.raises(CharRNNError, match=r"b.txt: invalid utf-8 at byte 4.*--encoding latin-1.*--decode-errors skip"):
+        prep.prepare(str(folder))
+    skipped = prep.prepare(str(folder), decode_errors="skip")
+    assert skipped.vocab.decode(skipped.ids) == "good one\ngood two\n" and skipped.skipped == (str(folder / "b.txt"),)
+    assert "skipped 1 file(s)" in capsys.readouterr().err
+    assert load_text(str(folder), decode_errors="skip").text == "good one\ngood two\n"
+    replaced = assert_same_as_whole(str(folder), decode_errors="replace")
+    assert "\ufffd" in replaced.vocab
+    (tmp_path / "u16.txt").write_bytes("\ufeffhi".encode("utf-16-le") + b"\x00\xd8")
+    with pytest.raises(CharRNNError, match="--encoding utf-16"):
+        prep.prepare(str(tmp_path / "u16.txt"))
+    with pytest.raises(CharRNNError, match=r"ftp:// URLs are not supported, only http\(s\)"):
+        load_text("ftp://example.com/a.txt")
+
+
+def test_eval_sample_is_bounded_and_fixed():
+    ids = np.arange(10_000, dtype=np.uint32)
+    assert eval_sample(ids, 0, 9) is ids and eval_sample(ids, 20_000, 9) is ids
+    sample = eval_sample(ids, 1000, 9)
+    assert len(sample) == 1000 and np.array_equal(sample, eval_sample(ids, 1000, 9))
+    windows = [inputs[0].tolist() for inputs, _ in eval_batches(sample, 9, 1)]
+    assert len(windows) == 100 and all(w == list(range(w[0], w[0] + 9)) for w in windows)  # real contiguous text
+    assert windows[0][0] == 0 and windows[-1][0] == 10_000 - 10  # spread over the whole split
