@@ -103,3 +103,54 @@ def test_eval_sample_is_bounded_and_fixed():
     windows = [inputs[0].tolist() for inputs, _ in eval_batches(sample, 9, 1)]
     assert len(windows) == 100 and all(w == list(range(w[0], w[0] + 9)) for w in windows)  # real contiguous text
     assert windows[0][0] == 0 and windows[-1][0] == 10_000 - 10  # spread over the whole split
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "latest.safetensors"))
+
+
+def _assert_close(a, b, atol=1e-5):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert np.allclose(a[name].numpy(), b[name].numpy(), atol=atol), name
+
+
+DDP_ARGS = ("--hidden", str(TINY["hidden_size"]), "--embedding", str(TINY["embedding_size"]), "--batch-size", "8",
+            "--seq-len", "50", "--precision", "fp32", "--seed", "5", "--checkpoint-every", "0")
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+def test_ddp_two_processes_match_one_and_resume_with_any_count(small_text, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    done = run_cli("train", "--text", small_text, "--run", one, "--max-steps", "3", *DDP_ARGS, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", two, "--max-steps", "3", *DDP_ARGS, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    assert "DDP: 2 processes, 4 rows" in done.stderr and done.stderr.count("run saved in") == 1  # rank 0 speaks
+    _assert_close(_weights(one), _weights(two))
+    # Resume each with the other process count: the checkpoint does not depend on N.
+    done = run_cli("train", "--nproc", "2", "--resume", one, "--max-steps", "6", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("train", "--resume", two, "--max-steps", "6", env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    _assert_close(_weights(one), _weights(two))
+    steps = [r["step"] for r in map(__import__("json").loads, (two / "metrics.jsonl").read_text().splitlines())]
+    assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_ddp_failing_rank_ends_the_job_with_one_line(small_text, tmp_path):
+    started = time.monotonic()
+    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", tmp_path / "run", "--max-steps", "50",
+                   *DDP_ARGS, env={**ONE_THREAD, "CHARRNN_FAIL_RANK": "1:2"}, timeout=180)
+    assert done.returncode != 0 and time.monotonic() - started < 120
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("charrnn: error: training failed on rank 1 of 2"), done.stderr
+    assert "injected failure on rank 1 at step 2" in done.stderr
+
+
+def test_ddp_batch_must_divide(small_text, tmp_path):
+    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", tmp_path / "run", "--max-steps", "1",
+                   *DDP_ARGS, "--batch-size", "7", env=ONE_THREAD)
+    assert done.returncode != 0 and "--batch-size 7 does not divide among 2 processes" in done.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,13 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import ModelConfig, TrainConfig
-from .corpus import BUILTINS, load_text
-from .data import Batches, eval_batches, split
+from .corpus import BUILTINS
+from .data import Batches, eval_batches, eval_sample, split
 from .errors import CharRNNError
 from .files import atomic_write_text
 from .model import CharRNN, precision_name, resolve_precision, summary
 from .plot import plot_losses
+from .prepare import prepare
 from .vocab import Vocab
 
 
@@ -116,17 +119,23 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.vocab = vocab
-        self.device = resolve_device(config.device)
+        self.device = distributed.setup(resolve_device(config.device))  # this rank's device under DDP
         self.model = model.to(self.device)
         self.model.compute_dtype = resolve_precision(config.precision, self.device)
         self.precision = precision_name(self.model.compute_dtype)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.ddp = distributed.wrap(self.model, self.device)  # what training steps call: DDP when N > 1
+        self.shard = distributed.shard(config.batch_size)  # this rank's rows of each global batch
+        self.main = distributed.is_main()  # only rank 0 writes the run directory and progress
         self.batches = Batches(train_ids, config.batch_size, config.seq_len, config.seed)
         self.val_ids = val_ids
+        self.eval_ids = eval_sample(val_ids, config.eval_chars, config.seq_len)  # what evaluate() scores
         if len(val_ids) and len(val_ids) < 2:
             raise CharRNNError("the validation part is too short to score; raise --val-fraction or set it to 0")
         self.callbacks = list(callbacks)
         self.out = out if out is not None else sys.stderr
+        if not self.main:
+            self.out = open(os.devnull, "w")
         # Position: `epoch` is the epoch in progress, `step_in_epoch` the steps of it already done.
         self.epoch = 0
         self.step_in_epoch = 0
@@ -141,10 +150,11 @@ class Trainer:
     # -- construction -------------------------------------------------------------------------------
     @staticmethod
     def _load_data(config: TrainConfig, data_dir=None):
-        corpus = load_text(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir)
-        vocab = Vocab.from_text(corpus.text)
-        train_ids, val_ids = split(vocab.encode(corpus.text), config.val_fraction)
-        return corpus, vocab, train_ids, val_ids
+        # Streamed into a cached .npy and memory-mapped: the ids are never all in memory (prepare.py).
+        corpus = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
+                         decode_errors=config.decode_errors)
+        train_ids, val_ids = split(corpus.ids, config.val_fraction)
+        return corpus, corpus.vocab, train_ids, val_ids
 
     @classmethod
     def create(cls, run_dir: str | Path, config: TrainConfig = TrainConfig(), model: dict[str, Any] | None = None,
@@ -152,10 +162,12 @@ class Trainer:
         """Start a new run in `run_dir` (which must not hold one). `model`: ModelConfig fields except
         vocab_size, which comes from the text."""
         run_dir = Path(run_dir)
+        distributed.setup(resolve_device(config.device))
         if ckpt.is_run(run_dir):
             raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
         if run_dir.exists() and not run_dir.is_dir():
             raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+        distributed.barrier()  # every rank has checked before rank 0 writes
         text = config.text
         if text not in BUILTINS and not text.startswith(("http://", "https://")):
             # Absolute, so `--resume` works from any working directory.
@@ -164,11 +176,13 @@ class Trainer:
         model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
         torch.manual_seed(config.seed)
         trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+        if not trainer.main:
+            return trainer
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / ckpt.METRICS).unlink(missing_ok=True)
         vocab.save(run_dir / ckpt.VOCAB)
         ckpt.save_config(run_dir, model_config, config, {
-            "name": corpus.name, "source": corpus.source, "chars": len(corpus.text), "sha256": corpus.sha256,
+            "name": corpus.name, "source": corpus.source, "chars": corpus.chars, "sha256": corpus.sha256,
             "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
         })
         return trainer
@@ -201,6 +215,8 @@ class Trainer:
         torch.set_rng_state(state["rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if not trainer.main:
+            return trainer
         trainer._truncate_metrics()
         ckpt.save_config(run_dir, model_config, config, corpus_info)
         return trainer
@@ -219,28 +235,34 @@ class Trainer:
         return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss."""
+        """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss (under DDP:
+        this rank takes its rows of the global batch, and the loss returned is the global batch's)."""
+        distributed.fault_hook(self.global_step)
+        inputs, targets = inputs[self.shard], targets[self.shard]
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        logits, _ = self.model(inputs.to(self.device))  # (batch, time, vocab)
+        logits, _ = self.ddp(inputs.to(self.device))  # (batch, time, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
-        return loss.item()
+        return distributed.mean(loss)
 
     def evaluate(self, ids: np.ndarray | None = None) -> float | None:
-        """Validation loss in nats/char (None when the run has no validation split)."""
-        ids = self.val_ids if ids is None else ids
+        """Validation loss in nats/char (None when the run has no validation split): on the fixed
+        sample of at most `eval_chars` characters unless `ids` are given."""
+        ids = self.eval_ids if ids is None else ids
         if len(ids) < 2:
             return None
         return evaluate_loss(self.model, ids, self.config.seq_len, self.config.batch_size)
 
     def save_checkpoint(self) -> None:
-        """Write latest.safetensors and the resumable trainer state, both atomically."""
+        """Write latest.safetensors and the resumable trainer state, both atomically (rank 0 only)."""
+        if not self.main:
+            return
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -255,6 +277,8 @@ class Trainer:
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         with open(self.run_dir / ckpt.METRICS, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -283,12 +307,13 @@ class Trainer:
             "train_loss": train_loss, "val_loss": val_loss,
             "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
             "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps), "precision": self.precision,
-            "elapsed": None, "lr": self.learning_rate(),
+            "elapsed": None, "lr": self.learning_rate(), "val_chars_scored": int(len(self.eval_ids)),
         }
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss, self.bad_epochs = val_loss, 0
-            ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
+            if self.main:
+                ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
         elif val_loss is not None and complete:
             self.bad_epochs += 1
         if complete:
@@ -296,7 +321,8 @@ class Trainer:
         record["elapsed"] = self._tick()  # wall time so far, evaluation included
         self._log(record)
         self.save_checkpoint()
-        plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
+        if self.main:
+            plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
         val_text = "" if val_loss is None else f", val loss {val_loss:.4f} ({val_loss / math.log(2):.3f} bits/char)"
         self._say(f"epoch {record['epoch']}{'' if complete else ' (partial)'}: train loss {train_loss:.4f}{val_text}, "
                   f"{seconds:.1f} s ({record['ms_per_step']:.0f} ms/step)" + (" *best*" if improved else ""))
@@ -328,6 +354,8 @@ class Trainer:
             self._say(f"untrained loss {untrained:.4f} (ln {len(self.vocab)} = {math.log(len(self.vocab)):.4f}: a uniform guess)")
         self._say(f"training on {self.device.type} ({self.precision}, {torch.get_num_threads()} threads): {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
                   f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
+        if distributed.world_size() > 1:
+            self._say(f"DDP: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} rows of each batch per process")
         previous = signal.signal(signal.SIGINT, self._on_sigint) if threading.current_thread() is threading.main_thread() else None
         self._mark = time.perf_counter()
         status = "finished"
@@ -346,13 +374,13 @@ class Trainer:
                     if self.global_step % cfg.log_every == 0:
                         self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss,
                                    "lr": self.learning_rate(), "elapsed": self._tick(), "precision": self.precision})
-                    if self._stop_requested:
+                    if distributed.any_rank(self._stop_requested):  # all ranks stop at the same step
                         status = "interrupted"
                         break
                     if cfg.max_steps and self.global_step >= cfg.max_steps:
                         status = "max_steps"
                         break
-                    if cfg.max_minutes and self._tick() >= 60 * cfg.max_minutes:
+                    if cfg.max_minutes and distributed.any_rank(self._tick() >= 60 * cfg.max_minutes):
                         status = "max_minutes"
                         break
                     if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
