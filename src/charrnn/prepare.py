@@ -40,7 +40,6 @@ CHUNK = 4 << 20  # bytes read at a time
 # Codecs whose ASCII bytes always mean the ASCII characters, whatever came before (no shift states).
 ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}
 PROGRESS_MIN_BYTES = 16 << 20  # smaller texts prepare too fast for a progress bar to help
-MAX_CODE_POINT = 0x10FFFF
 
 
 @dataclass(frozen=True)
@@ -165,39 +164,54 @@ def _points(piece: bytes | str) -> np.ndarray:
     return np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), np.uint32)
 
 
-def _scan(files, labels, codec, errors, skip_chars, joined, out) -> tuple[np.ndarray, int, set[int]]:
+def _scan(files, labels, codec, errors, skip_chars, joined, out) -> tuple[list[int], int, set[int]]:
     """Pass 1: (sorted distinct code points, characters, indices of the files that failed to decode)."""
-    seen = np.zeros(MAX_CODE_POINT + 1, bool)
     meter = _Meter(out, "preparing: pass 1/2 (vocabulary)", sum(p.stat().st_size for p in files))
     chars, failed = 0, set()
-    current, pending, pending_chars = -1, [], 0
+    known: set[str] = set()  # characters of the files decoded to the end
+    current, pending, pending_chars = -1, set(), 0
+    # New characters are found without looking at each one: bytes.translate deletes (at memory speed)
+    # the ASCII bytes already known from the piece's UTF-8, and only what is left is decoded and added.
+    # Multi-byte UTF-8 sequences have no ASCII bytes, so deleting ASCII never breaks one.
+    delete = b""
 
-    def commit() -> None:
-        nonlocal chars
-        for distinct in pending:
-            seen[distinct] = True
-        chars += pending_chars
+    def refresh() -> None:
+        nonlocal delete
+        delete = bytes(sorted(ord(c) for c in known | pending if ord(c) < 0x80))
 
     # A file's characters count only once it has decoded to the end (errors="skip" may drop it).
     for index, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
         if index != current:
-            commit()
-            current, pending, pending_chars = index, [], 0
+            known |= pending
+            chars += pending_chars
+            current, pending, pending_chars = index, set(), 0
+            refresh()
         if piece is None:
             failed.add(index)
-            pending, pending_chars = [], 0
+            pending, pending_chars = set(), 0
+            refresh()
             continue
-        pending.append(np.flatnonzero(np.bincount(_points(piece))))
         pending_chars += len(piece)
-    commit()
+        utf8 = piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass")
+        rest = utf8.translate(None, delete)
+        if rest:
+            new = set(rest.decode("utf-8", "surrogatepass")) - known - pending
+            if new:
+                pending |= new
+                refresh()
+    known |= pending
+    chars += pending_chars
     meter.close()
-    return np.flatnonzero(seen), chars, failed
+    return sorted(map(ord, known)), chars, failed
 
 
 def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, vocab: Vocab, chars: int, out) -> str:
     """Pass 2: write the ids as a .npy (header, then the array streamed) and return the text's SHA-256."""
     table = np.zeros(ord(vocab.chars[-1]) + 1, vocab.dtype)  # code point -> id
     table[[ord(c) for c in vocab.chars]] = np.arange(len(vocab), dtype=vocab.dtype)
+    # ASCII pieces with one-byte ids: bytes.translate maps them at memory speed.
+    ascii_in_vocab = bytes(ord(c) for c in vocab.chars if ord(c) < 0x80)
+    translate = bytes(np.resize(table, 256)) if vocab.dtype == np.uint8 else None
     digest = hashlib.sha256()
     meter = _Meter(out, "preparing: pass 2/2 (encoding)", sum(p.stat().st_size for p in files))
     written = 0
@@ -208,12 +222,20 @@ def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, voc
         for _, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
             if piece is None:
                 raise changed
-            points = _points(piece)
-            if int(points.max()) >= len(table) or written + len(points) > chars:
+            if written + len(piece) > chars:
                 raise changed
-            digest.update(piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass"))
-            handle.write(table.take(points).tobytes())
-            written += len(points)
+            if isinstance(piece, bytes) and translate is not None:
+                if piece.translate(None, ascii_in_vocab):
+                    raise changed
+                digest.update(piece)
+                handle.write(piece.translate(translate))
+            else:
+                points = _points(piece)
+                if int(points.max()) >= len(table):
+                    raise changed
+                digest.update(piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass"))
+                handle.write(table.take(points).tobytes())
+            written += len(piece)
         if written != chars:
             raise changed
         handle.flush()
