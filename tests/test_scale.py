@@ -154,3 +154,32 @@ def test_ddp_batch_must_divide(small_text, tmp_path):
     done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", tmp_path / "run", "--max-steps", "1",
                    *DDP_ARGS, "--batch-size", "7", env=ONE_THREAD)
     assert done.returncode != 0 and "--batch-size 7 does not divide among 2 processes" in done.stderr
+
+
+def test_progress_lines_with_mb_per_s(tmp_path, monkeypatch):
+    import io
+
+    monkeypatch.setattr(prep, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(prep, "CHUNK", 1000)
+    (tmp_path / "t.txt").write_text("some text\n" * 1000, encoding="utf-8")
+    out = io.StringIO()
+    prep.prepare(str(tmp_path / "t.txt"), out=out)
+    lines = out.getvalue().splitlines()
+    assert any(l.startswith("preparing: pass 1/2") and l.endswith("MB/s") for l in lines)
+    assert any(l.startswith("preparing: pass 2/2") for l in lines) and "\r" not in out.getvalue()
+
+
+def test_bounded_validation_is_recorded(small_text, tmp_path):
+    import json
+
+    from charrnn import TrainConfig, Trainer
+
+    scored = {}
+    for eval_chars in (500, 0):
+        run = tmp_path / f"run{eval_chars}"
+        config = TrainConfig(text=str(small_text), epochs=1, max_steps=2, batch_size=8, seq_len=50, eval_chars=eval_chars)
+        Trainer.create(run, config, TINY, out=open(os.devnull, "w")).fit()
+        assert json.loads((run / "config.json").read_text())["train"]["eval_chars"] == eval_chars
+        epoch = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"][-1]
+        scored[eval_chars] = epoch["val_chars_scored"]
+    assert scored == {500: 9 * 51, 0: 2_000}  # 9 windows of seq_len + 1; the whole 10% split
