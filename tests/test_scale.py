@@ -183,3 +183,9 @@ def test_bounded_validation_is_recorded(small_text, tmp_path):
         epoch = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"][-1]
         scored[eval_chars] = epoch["val_chars_scored"]
     assert scored == {500: 9 * 51, 0: 2_000}  # 9 windows of seq_len + 1; the whole 10% split
+
+
+def test_cli_names_unsupported_url_schemes(tmp_path):
+    done = run_cli("train", "--text", "ftp://example.com/a.txt", "--run", tmp_path / "run")
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "charrnn: error: ftp:// URLs are not supported, only http(s)://; download the file and pass its path")

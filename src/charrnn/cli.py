@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CharRNNError as exc:
-        print(f"charrnn: error: {exc}", file=sys.stderr)
+        print(f"charrnn: error: {exc}\n", end="", file=sys.stderr)  # one write: ranks' lines never interleave
         return 2
     except KeyboardInterrupt:
         print("\ncharrnn: interrupted", file=sys.stderr)

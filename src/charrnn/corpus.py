@@ -214,6 +214,11 @@ class Source:
     name: str  # short name, used for default run directories
 
 
+def looks_like_url(spec: str) -> bool:
+    """scheme://... (http, https, ftp, s3, ...): never a relative path to make absolute."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(spec)) is not None
+
+
 def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
     """The files behind a built-in name, URL, file, folder (*.txt, sorted) or glob pattern."""
     spec = str(spec)
@@ -224,7 +229,7 @@ def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
     if spec.startswith(("http://", "https://")):
         name = Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem or "download"
         return Source((_url_path(spec),), (spec,), spec, name)
-    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", spec) and not path.exists():
+    if looks_like_url(spec) and not path.exists():
         scheme = spec.split("://", 1)[0]
         raise CharRNNError(f"{scheme}:// URLs are not supported, only http(s)://; download the file and pass its path")
     if path.is_dir():

@@ -57,6 +57,10 @@ class Prepared:
     cached: bool  # True when this call found it prepared already
 
 
+class _Undecodable(CharRNNError):
+    """A file that is not valid in the encoding (what --decode-errors skip leaves out; unreadable files are errors)."""
+
+
 class _Meter:
     """MB/s progress on stderr: redrawn in place on a terminal, a plain line every 10% otherwise."""
 
@@ -117,7 +121,7 @@ def _file_pieces(path: Path, label: str, codec: str, errors: str, meter: _Meter)
                 try:
                     piece = decoder.decode(data, final=not data)
                 except UnicodeDecodeError as exc:
-                    raise decode_error(exc, label, head, position - len(pending)) from None
+                    raise _Undecodable(str(decode_error(exc, label, head, position - len(pending)))) from None
                 if at_start and piece:
                     at_start = False
                     piece = piece[1:] if piece.startswith("\ufeff") else piece
@@ -145,7 +149,7 @@ def _stream(files, labels, codec, errors, skip_chars, joined, meter) -> Iterator
                     piece, remaining = piece[cut:], remaining - cut
                 if piece:
                     yield index, piece
-        except CharRNNError:
+        except _Undecodable:
             if errors != "skip" or len(files) == 1:
                 raise
             remaining = saved

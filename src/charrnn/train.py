@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import distributed
 from .config import ModelConfig, TrainConfig
-from .corpus import BUILTINS
+from .corpus import BUILTINS, looks_like_url
 from .data import Batches, eval_batches, eval_sample, split
 from .errors import CharRNNError
 from .files import atomic_write_text
@@ -169,7 +169,7 @@ class Trainer:
             raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
         distributed.barrier()  # every rank has checked before rank 0 writes
         text = config.text
-        if text not in BUILTINS and not text.startswith(("http://", "https://")):
+        if text not in BUILTINS and not looks_like_url(text):
             # Absolute, so `--resume` works from any working directory.
             config = dataclasses.replace(config, text=str(Path(text).expanduser().absolute()))
         corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
