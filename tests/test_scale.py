@@ -62,6 +62,15 @@ def test_shakespeare_and_large_vocabularies(tmp_path):
     assert len(prepared.vocab) > 65_536 and prepared.ids.dtype == np.uint32
 
 
+def test_ascii_chunks_with_wide_ids(tmp_path, monkeypatch):
+    for first, chunk in ((0x4E00, 64), (0x10000, 1 << 16)):
+        monkeypatch.setattr(prep, "CHUNK", chunk)  # some chunks are pure ASCII, ids are uint16 and uint32
+        wide = "".join(chr(first + i) for i in range(300 if first == 0x4E00 else 66_000) if not 0xD800 <= first + i < 0xE000)
+        (tmp_path / "mixed.txt").write_text("plain ascii line\n" * 5000 + wide + "\nmore ascii\n" * 8000, encoding="utf-8")
+        prepared = assert_same_as_whole(str(tmp_path / "mixed.txt"))
+        assert prepared.ids.dtype == (np.uint16 if first == 0x4E00 else np.uint32)
+
+
 def test_cache_hit_and_change(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("abc abc\n" * 100, encoding="utf-8")

@@ -213,9 +213,10 @@ def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, voc
     """Pass 2: write the ids as a .npy (header, then the array streamed) and return the text's SHA-256."""
     table = np.zeros(ord(vocab.chars[-1]) + 1, vocab.dtype)  # code point -> id
     table[[ord(c) for c in vocab.chars]] = np.arange(len(vocab), dtype=vocab.dtype)
-    # ASCII pieces with one-byte ids: bytes.translate maps them at memory speed.
+    # ASCII pieces: bytes.translate maps them at memory speed. ASCII sorts first, so ASCII ids are < 128
+    # and fit a byte whatever the vocabulary's size; wider ids are the same bytes zero-extended.
     ascii_in_vocab = bytes(ord(c) for c in vocab.chars if ord(c) < 0x80)
-    translate = bytes(np.resize(table, 256)) if vocab.dtype == np.uint8 else None
+    translate = bytes(np.resize(table[:0x80], 256).astype(np.uint8))
     digest = hashlib.sha256()
     meter = _Meter(out, "preparing: pass 2/2 (encoding)", sum(p.stat().st_size for p in files))
     written = 0
@@ -228,16 +229,17 @@ def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, voc
                 raise changed
             if written + len(piece) > chars:
                 raise changed
-            if isinstance(piece, bytes) and translate is not None:
+            if isinstance(piece, bytes):
                 if piece.translate(None, ascii_in_vocab):
                     raise changed
                 digest.update(piece)
-                handle.write(piece.translate(translate))
+                ids = piece.translate(translate)
+                handle.write(ids if vocab.dtype == np.uint8 else np.frombuffer(ids, np.uint8).astype(vocab.dtype).tobytes())
             else:
                 points = _points(piece)
                 if int(points.max()) >= len(table):
                     raise changed
-                digest.update(piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass"))
+                digest.update(piece.encode("utf-8", "surrogatepass"))
                 handle.write(table.take(points).tobytes())
             written += len(piece)
         if written != chars:
