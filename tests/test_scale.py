@@ -32,9 +32,10 @@ def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 4 << 20])
-def test_streaming_matches_whole_text(tmp_path, monkeypatch, chunk):
+@pytest.mark.parametrize("chunk, block", [(1, 1), (3, 2), (7, 2), (64, 4), (4 << 20, 64 << 10)])
+def test_streaming_matches_whole_text(tmp_path, monkeypatch, chunk, block):
     monkeypatch.setattr(prep, "CHUNK", chunk)  # tiny chunks split multi-byte characters and BOMs
+    monkeypatch.setattr(prep, "BLOCK", block)  # and ASCII runs inside a chunk
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbfhello w\xc3\xb6rld")  # two BOMs, no final newline

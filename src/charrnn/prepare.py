@@ -37,6 +37,7 @@ from .vocab import Vocab
 
 FORMAT_VERSION = 1
 CHUNK = 4 << 20  # bytes read at a time
+BLOCK = 64 << 10  # granularity of the pure-ASCII fast path within a chunk
 # Codecs whose ASCII bytes always mean the ASCII characters, whatever came before (no shift states).
 ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}
 PROGRESS_MIN_BYTES = 16 << 20  # smaller texts prepare too fast for a progress bar to help
@@ -114,25 +115,47 @@ def _file_pieces(path: Path, label: str, codec: str, errors: str, meter: _Meter)
                 head = data[:4]
                 if codec == "utf-8" and data.startswith(codecs.BOM_UTF8):
                     data, position = data[3:], 3
-            pending = decoder.getstate()[0]
-            if data and fast and not pending and np.frombuffer(data, np.uint8).max() < 0x80:
-                piece: bytes | str = data
-            else:
-                try:
-                    piece = decoder.decode(data, final=not data)
-                except UnicodeDecodeError as exc:
-                    raise _Undecodable(str(decode_error(exc, label, head, position - len(pending)))) from None
-                if at_start and piece:
-                    at_start = False
-                    piece = piece[1:] if piece.startswith("\ufeff") else piece
-                if piece.isascii():  # O(1) in CPython: the common case takes the bytes path below
-                    piece = piece.encode("ascii")
-            at_start = at_start and not piece
-            position += len(data)
-            if piece:
-                yield piece
+            for start, end, ascii in _runs(data) if fast else [(0, len(data), False)]:
+                run = data[start:end]
+                pending = decoder.getstate()[0]
+                if ascii and not pending:
+                    piece: bytes | str = run
+                else:
+                    try:
+                        piece = decoder.decode(run, final=not data)
+                    except UnicodeDecodeError as exc:
+                        raise _Undecodable(str(decode_error(exc, label, head, position - len(pending)))) from None
+                    if at_start and piece:
+                        at_start = False
+                        piece = piece[1:] if piece.startswith("\ufeff") else piece
+                    if piece.isascii():  # O(1) in CPython: the common case takes the bytes path
+                        piece = piece.encode("ascii")
+                at_start = at_start and not piece
+                position += len(run)
+                if piece:
+                    yield piece
             if not data:
                 return
+
+
+def _runs(data: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, pure ASCII) runs of `data` in BLOCK-sized steps: in real text a few non-ASCII
+    characters would otherwise send a whole chunk through the (slower) decoder and UTF-32."""
+    if not data:
+        return [(0, 0, False)]
+    array = np.frombuffer(data, np.uint8)
+    full = len(array) // BLOCK * BLOCK
+    flags = list(array[:full].reshape(-1, BLOCK).max(axis=1) < 0x80) if full else []
+    if full < len(array):
+        flags.append(array[full:].max() < 0x80)
+    runs = []
+    for index, ascii in enumerate(flags):
+        start = index * BLOCK
+        if runs and runs[-1][2] == ascii:
+            runs[-1] = (runs[-1][0], min(start + BLOCK, len(array)), ascii)
+        else:
+            runs.append((start, min(start + BLOCK, len(array)), bool(ascii)))
+    return runs
 
 
 def _stream(files, labels, codec, errors, skip_chars, joined, meter) -> Iterator[tuple[int, bytes | str | None]]:
