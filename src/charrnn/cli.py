@@ -95,7 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
         trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
-    result = trainer.fit()
+    from .distributed import peer_errors
+
+    with peer_errors():
+        result = trainer.fit()
     if result.status == "interrupted":
         return 130
     if trainer.main:

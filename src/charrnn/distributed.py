@@ -13,6 +13,8 @@ import datetime
 import logging
 import os
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -97,6 +99,22 @@ def any_rank(flag: bool) -> bool:
 def barrier() -> None:
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def peer_errors() -> Iterator[None]:
+    """A collective that fails because another rank died becomes one line here, not a traceback: the
+    rank that failed first says why."""
+    try:
+        yield
+    except RuntimeError as exc:
+        text = str(exc)
+        if world_size() == 1 or not (isinstance(exc, dist.DistError) or "gloo" in text or "NCCL" in text
+                                      or "Connection closed by peer" in text):
+            raise
+        first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
+        raise CharRNNError(f"rank {rank()} lost contact with the other processes ({first}); "
+                           "the rank that failed first says why") from None
 
 
 def fault_hook(step: int) -> None:
