@@ -153,8 +153,8 @@ from charrnn.checkpoint import load_run
 from charrnn.data import eval_sample, split
 from charrnn.model import resolve_precision
 from charrnn.prepare import prepare
-from charrnn.train import evaluate_loss
-model, vocab, _, config, _ = load_run(sys.argv[1], "latest")
+from charrnn.train import evaluate_loss, resolve_device
+model, vocab, _, config, _ = load_run(sys.argv[1], "latest", device=resolve_device(sys.argv[2]))
 model.compute_dtype = resolve_precision(config.precision, model.dense.weight.device)
 ids = prepare(config.text, decode_errors=config.decode_errors).ids
 _, val = split(ids, config.val_fraction)
@@ -171,6 +171,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps of the default model (default 20)")
     parser.add_argument("--ddp-steps", type=int, default=30, help="steps of the small model per layout (default 30)")
     parser.add_argument("--eval-chars", type=int, default=2_000_000, help="the bounded validation sample (default 2,000,000, charrnn's default)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the default-model run (default auto)")
     parser.add_argument("--workdir", default=None, help="where the temporary corpus, cache and runs go (default $TMPDIR)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
@@ -199,14 +200,14 @@ def run_all(args, work: Path) -> None:
     # 2. default model with the cache in place
     run = work / "runs" / "default"
     train = watch([python, "-m", "charrnn", "train", "--text", text, "--run", str(run), "--max-steps", str(args.steps),
-                   "--log-every", "1", "--checkpoint-every", "0", "--eval-chars", str(args.eval_chars)],
+                   "--log-every", "1", "--checkpoint-every", "0", "--eval-chars", str(args.eval_chars), "--device", args.device],
                   env(cache), metrics=run / "metrics.jsonl")
     ms_step = 1000 * statistics.median(step_times(run / "metrics.jsonl"))
     config = json.loads((run / "config.json").read_text())
     steps_per_epoch = config["corpus"]["train_chars"] // (config["train"]["seq_len"] + 1) // config["train"]["batch_size"]
 
     # 3. validation on the bounded sample against one epoch of training
-    evaluation = watch([python, "-c", EVALUATE, str(run)], env(cache))
+    evaluation = watch([python, "-c", EVALUATE, str(run), args.device], env(cache))
     ev = json.loads(evaluation["stdout"])
     epoch_s = steps_per_epoch * ms_step / 1000
     full_val_s = ev["seconds"] * ev["val"] / max(1, ev["sample"])
@@ -229,7 +230,7 @@ def run_all(args, work: Path) -> None:
         ("preparation peak RssAnon", f"{prep['peak_rss_anon_mb']:,.0f} MB", ""),
         ("first step, cache in place", f"{train['first_step_s']:.1f} s after the command", "target <= 15 s"),
         ("training peak RssAnon", f"{train['peak_rss_anon_mb']:,.0f} MB (memory-mapped ids: {npy_mb:,.0f} MB)", "target <= 1 GB"),
-        ("default model", f"{ms_step:,.0f} ms/step, {steps_per_epoch:,} steps/epoch = {epoch_s / 3600:,.1f} h/epoch", ""),
+        (f"default model ({args.device})", f"{ms_step:,.0f} ms/step, {steps_per_epoch:,} steps/epoch = {epoch_s / 3600:,.1f} h/epoch", ""),
         ("validation, bounded sample", f"{ev['seconds']:,.1f} s for {ev['sample']:,} characters", f"vs {epoch_s:,.0f} s training/epoch"),
         ("validation, whole split", f"~{full_val_s:,.0f} s for {ev['val']:,} characters (--eval-chars 0)", ""),
     ] + [(f"small model, {name}", f"{rate:.2f} steps/s", "") for name, rate in layouts.items()]
