@@ -113,6 +113,7 @@ def test_eval_sample_is_bounded_and_fixed():
     windows = [inputs[0].tolist() for inputs, _ in eval_batches(sample, 9, 1)]
     assert len(windows) == 100 and all(w == list(range(w[0], w[0] + 9)) for w in windows)  # real contiguous text
     assert windows[0][0] == 0 and windows[-1][0] == 10_000 - 10  # spread over the whole split
+    assert np.array_equal(eval_sample(ids, 5, 9), ids[:5])  # below one window
 
 
 def _weights(run):

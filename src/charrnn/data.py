@@ -93,6 +93,8 @@ def eval_sample(ids: np.ndarray, max_chars: int, seq_len: int) -> np.ndarray:
     if max_chars == 0 or len(ids) <= max_chars:
         return ids
     window = seq_len + 1
-    count = max(1, max_chars // window)
+    if max_chars < window:  # a bound below one window: its first characters
+        return np.ascontiguousarray(ids[:max_chars])
+    count = max_chars // window
     starts = np.linspace(0, len(ids) - window, count).astype(np.int64)  # (count,)
     return np.ascontiguousarray(ids[starts[:, None] + np.arange(window)]).reshape(-1)  # (count * window,)

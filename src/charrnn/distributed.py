@@ -130,18 +130,24 @@ def launch(nproc: int, argv: list[str]) -> int:
         raise CharRNNError(f"--nproc must be at least 1; got {nproc}")
     if world_size() > 1:
         raise CharRNNError("--nproc launches torchrun itself; under torchrun use its --nproc-per-node instead")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     # torchrun logs a multi-line report per failed rank; the rank's own message and one line here say it.
-    for name in ("torch.distributed.elastic", "torch.distributed.run"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Its loggers set their own levels when created, so each one is quietened.
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # Share the cores: N ranks x (cores / N) threads, unless the user chose.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "charrnn"])
     args.training_script_args = list(argv)  # set, not parsed: torchrun's parser would take --run for --run-path
     try:
         run(args)
+    except SignalException:  # Ctrl-C reaches the ranks too: each stops after its step, rank 0 saves
+        print("charrnn: interrupted", file=sys.stderr)
+        return 130
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
         print(f"charrnn: error: training failed on rank {failed_rank} of {nproc} (exit code {failure.exitcode}; "
