@@ -6,9 +6,11 @@ UTF-8, the fingerprint a run records and --resume checks) and writes the ids. Th
 `Vocab.from_text(load_text(...).text)` and `vocab.encode(text)`: files joined with a newline after any
 that does not end with one, BOMs dropped, `skip_chars` removed from the front.
 
-Speed: pure-ASCII chunks of ASCII-compatible encodings skip decoding (their bytes are their code points);
-other chunks go through an incremental decoder and UTF-32 (fixed width, so its bytes are code points).
-Vocabulary via np.bincount, encoding via a code point -> id lookup table: no per-character Python.
+Speed, with no per-character Python: pure-ASCII runs (64 KB blocks) of ASCII-compatible encodings skip
+the decoder, since their bytes are their code points; the rest goes through an incremental decoder. The
+vocabulary pass deletes the ASCII bytes already known with bytes.translate and decodes only what is left;
+the encoding pass maps ASCII with bytes.translate and other text through UTF-32 (fixed width, so its bytes
+are code points) and a code point -> id table.
 
 The cache (`<cache dir>/prepared/`) is keyed by what was asked (files with size and mtime, encoding,
 decode_errors, skip_chars): a second run or --resume finds `<sha256>-<vocab>.npy` and starts without
