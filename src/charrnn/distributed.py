@@ -47,6 +47,9 @@ def setup(device: torch.device) -> torch.device:
         return device
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise CharRNNError(f"process {local} on this machine has no GPU of its own ({torch.cuda.device_count()} GPU(s)); "
+                               "run at most one process per GPU (--nproc / --nproc-per-node)")
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     if not dist.is_initialized():
