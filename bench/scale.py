@@ -1,6 +1,6 @@
 """Scale: preparation speed, cache-hit start, memory and validation time on a large corpus, and DDP.
 
-    python bench/scale.py                          # the 1 GB measurement (about 2 GB of temporary disk)
+    python bench/scale.py                          # the 1 GB measurement (up to 3 GB of temporary disk)
     python bench/scale.py --size-mb 30 --steps 3 --ddp-steps 6 --eval-chars 100000   # a quick check that it runs
 
 Builds a text corpus of --size-mb from real text on this machine (the UTF-8 headers under /usr/include
