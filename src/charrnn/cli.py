@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, DECODE_ERRORS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, TrainConfig, from_dict
 from .errors import CharRNNError
 from .presets import PRESETS, preset
 
@@ -25,6 +25,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--text", default=S, help=f"file, folder of *.txt, glob, http(s) URL or built-in name (default {d.text})")
     g.add_argument("--encoding", default=S, help=f"the text's encoding (default {d.encoding})")
     g.add_argument("--skip-chars", type=int, default=S, help="drop this many characters from the start")
+    g.add_argument("--decode-errors", choices=DECODE_ERRORS, default=S, help="files of a folder or glob that do not decode: fail (default), skip or replace (U+FFFD)")
     g.add_argument("--val-fraction", type=float, default=S, help=f"last part of the text held out for validation (default {d.val_fraction}; 0 = tutorial)")
     g = parser.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=S, help=f"sequences per step (default {d.batch_size})")
@@ -41,6 +42,7 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=S, help="stop after N epochs without validation improvement (default 0 = off)")
     g.add_argument("--checkpoint-every", type=int, default=S, help=f"also save every N steps (default {d.checkpoint_every}; 0 = epoch ends only)")
     g.add_argument("--log-every", type=int, default=S, help=f"metrics line every N steps (default {d.log_every})")
+    g.add_argument("--eval-chars", type=int, default=S, help=f"validate on a fixed sample of at most this many characters (default {d.eval_chars:,}; 0 = the whole split)")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +81,10 @@ def _read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import Trainer
 
+    if args.nproc != 1:
+        from .distributed import launch, without_nproc
+
+        return launch(args.nproc, without_nproc(args.argv))
     train_fields, model_fields = _fields(TrainConfig, args), _fields(ModelConfig, args)
     if args.resume:
         if model_fields or args.config or args.preset:
@@ -93,10 +99,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
         trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
-    result = trainer.fit()
+    from .distributed import peer_errors
+
+    with peer_errors():
+        result = trainer.fit()
     if result.status == "interrupted":
         return 128 + (trainer.stop_signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
-    print(f"run saved in {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt \"...\"", file=sys.stderr)
+    if trainer.main:
+        print(f"run saved in {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt \"...\"", file=sys.stderr)
     return 0
 
 
@@ -215,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe (see README); --config and flags override it")
     p.add_argument("--config", help="JSON file {\"model\": {...}, \"train\": {...}}; flags override it")
     p.add_argument("--data-dir", help="folder searched first for built-in corpora (default $CHARRNN_DATA_DIR)")
+    p.add_argument("--nproc", type=int, default=1, help="processes on this machine, trained together with DDP (launches torchrun; default 1)")
     _train_flags(p)
     _model_flags(p)
     p.set_defaults(func=cmd_train)
@@ -274,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --nproc relaunches
     # Never crash on printing a character the terminal's encoding lacks (e.g. Chinese on an ASCII locale).
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -281,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CharRNNError as exc:
-        print(f"charrnn: error: {exc}", file=sys.stderr)
+        print(f"charrnn: error: {exc}\n", end="", file=sys.stderr)  # one write: ranks' lines never interleave
         return 2
     except KeyboardInterrupt:
         print("\ncharrnn: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+DECODE_ERRORS = ("fail", "skip", "replace")
 MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
 
 
@@ -79,6 +80,8 @@ class TrainConfig:
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
     checkpoint_every: int = 200  # also save the latest checkpoint every N steps; 0 = epoch ends only
     log_every: int = 10  # write a metrics line every N steps
+    decode_errors: str = "fail"  # files of a folder or glob that do not decode: fail, skip (leave out) or replace (U+FFFD)
+    eval_chars: int = 2_000_000  # validate on a fixed sample of at most this many characters; 0 = the whole split
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -108,6 +111,10 @@ class TrainConfig:
             raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.device not in DEVICES:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.decode_errors not in DECODE_ERRORS:
+            raise CharRNNError(f"decode_errors must be one of {', '.join(DECODE_ERRORS)}; got {self.decode_errors!r}")
+        if not isinstance(self.eval_chars, int) or self.eval_chars < 0:
+            raise CharRNNError(f"eval_chars must be a non-negative integer (0 = the whole split); got {self.eval_chars!r}")
 
 
 T = TypeVar("T")

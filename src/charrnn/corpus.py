@@ -1,8 +1,10 @@
 """Text in: a file, a folder of *.txt, a glob, an http(s) URL, or a built-in corpus name.
 
-Everything ends as one Python string. Bytes are decoded strictly (a wrong encoding is an error that
+`resolve` turns a --text into local files; `load_text` reads them into one Python string (for scoring
+and small texts), while training streams them chunk by chunk (prepare.py). Bytes are decoded strictly (a wrong encoding is an error that
 names the file and byte offset, never silently replaced characters), a UTF-8 byte-order mark is dropped,
-and `skip_chars` removes a prefix such as a licence header.
+and `skip_chars` removes a prefix such as a licence header. For folders and globs, `decode_errors`
+("skip" or "replace") leaves out the files that do not decode, or replaces their bad bytes with U+FFFD.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DECODE_ERRORS  # noqa: F401 (re-exported for prepare)
 from .errors import CharRNNError
 from .files import atomic_path
 
@@ -79,6 +84,12 @@ def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
 
 
 def _builtin_bytes(name: str, explicit_data_dir) -> tuple[bytes, str]:
+    path, source = _builtin_path(name, explicit_data_dir)
+    return path.read_bytes(), source
+
+
+def _builtin_path(name: str, explicit_data_dir) -> tuple[Path, str]:
+    """The verified local file of a built-in corpus (downloaded once), and where it came from."""
     spec = BUILTINS[name]
     places = []
     directory = data_dir(explicit_data_dir)
@@ -94,7 +105,7 @@ def _builtin_bytes(name: str, explicit_data_dir) -> tuple[bytes, str]:
                     f"{path} is not the expected {name} text (SHA-256 mismatch); delete it or replace it "
                     f"with the file from {spec.url}"
                 )
-            return data, str(path)
+            return path, str(path)
     try:
         _download(spec.url, cached)
     except CharRNNError as exc:
@@ -107,33 +118,59 @@ def _builtin_bytes(name: str, explicit_data_dir) -> tuple[bytes, str]:
     if _sha256(data) != spec.sha256:
         cached.unlink()
         raise CharRNNError(f"the download of {spec.url} is corrupt (SHA-256 mismatch); try again")
-    return data, spec.url
+    return cached, spec.url
 
 
 def _url_bytes(url: str) -> bytes:
+    return _url_path(url).read_bytes()
+
+
+def _url_path(url: str) -> Path:
     # One file per URL; the hash keeps different URLs with the same basename apart.
     name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
     path = cache_dir() / "urls" / f"{_sha256(url.encode())[:16]}-{name}"
     if not path.is_file():
         _download(url, path)
-    return path.read_bytes()
+    return path
 
 
-def decode(data: bytes, encoding: str, origin: str) -> str:
-    """Decode strictly; a UTF-8 (or UTF-16/32) byte-order mark is dropped."""
+def check_encoding(encoding: str) -> None:
     try:
         "".encode(encoding)
     except LookupError:
         raise CharRNNError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
-    if encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+
+
+def is_utf8(encoding: str) -> bool:
+    return encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+
+
+def decode_error(exc: UnicodeDecodeError, origin: str, head: bytes, offset: int = 0) -> CharRNNError:
+    """The one-line error for bytes that do not decode; `head` is the file's first bytes (for a hint),
+    `offset` where the failing piece starts in the file."""
+    # A UTF-16 byte-order mark says what the file is; otherwise latin-1 decodes any bytes.
+    hint = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "latin-1"
+    return CharRNNError(
+        f"{origin}: invalid {exc.encoding} at byte {offset + exc.start} ({exc.reason}); "
+        f"pass --encoding with the file's real encoding (e.g. --encoding {hint}), or for a folder or glob "
+        "--decode-errors skip (leave such files out) or replace (use U+FFFD)"
+    )
+
+
+def skipped_message(skipped: list[str], encoding: str) -> str:
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"skipped {len(skipped)} file(s) that are not valid {encoding} (--decode-errors skip): {shown}"
+
+
+def decode(data: bytes, encoding: str, origin: str, errors: str = "fail") -> str:
+    """Decode strictly (or with U+FFFD for errors="replace"); a UTF-8 (or UTF-16/32) byte-order mark is dropped."""
+    check_encoding(encoding)
+    if is_utf8(encoding):
         encoding = "utf-8-sig"  # identical to utf-8 but drops a leading BOM
     try:
-        text = data.decode(encoding)
+        text = data.decode(encoding, "replace" if errors == "replace" else "strict")
     except UnicodeDecodeError as exc:
-        raise CharRNNError(
-            f"{origin}: invalid {exc.encoding} at byte {exc.start} ({exc.reason}); "
-            "pass --encoding with the file's real encoding (e.g. --encoding latin-1)"
-        ) from None
+        raise decode_error(exc, origin, data[:2]) from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -148,15 +185,67 @@ def _join(parts: list[str]) -> str:
     return "".join(out) if len(parts) > 1 else "".join(parts)
 
 
-def _read_files(paths: list[Path], encoding: str) -> str:
-    texts = []
-    for path in paths:
+def _read_files(paths: list[Path], encoding: str, labels: list[str] | None = None, errors: str = "fail") -> str:
+    texts, skipped = [], []
+    for i, path in enumerate(paths):
+        label = labels[i] if labels else str(path)
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-        texts.append(decode(data, encoding, str(path)))
+        try:
+            texts.append(decode(data, encoding, label, errors))
+        except CharRNNError:
+            if errors != "skip" or len(paths) == 1:
+                raise
+            skipped.append(label)
+    if skipped:
+        print(f"charrnn: {skipped_message(skipped, encoding)}", file=sys.stderr)
     return _join(texts)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a --text names, resolved to local files (downloads fetched into the cache)."""
+
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]  # how each file is named in messages
+    source: str  # what the user asked for, resolved (paths, URL)
+    name: str  # short name, used for default run directories
+
+
+def looks_like_url(spec: str) -> bool:
+    """scheme://... (http, https, ftp, s3, ...): never a relative path to make absolute."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(spec)) is not None
+
+
+def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
+    """The files behind a built-in name, URL, file, folder (*.txt, sorted) or glob pattern."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec in BUILTINS and not path.exists():
+        file, source = _builtin_path(spec, data_dir)
+        return Source((file,), (source,), source, spec)
+    if spec.startswith(("http://", "https://")):
+        name = Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem or "download"
+        return Source((_url_path(spec),), (spec,), spec, name)
+    if looks_like_url(spec) and not path.exists():
+        scheme = spec.split("://", 1)[0]
+        raise CharRNNError(f"{scheme}:// URLs are not supported, only http(s)://; download the file and pass its path")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise CharRNNError(f"folder {path} has no *.txt files; point --text at a file or a folder of .txt files")
+        return Source(tuple(files), tuple(map(str, files)), str(path.resolve()), path.resolve().name)
+    if path.is_file():
+        return Source((path,), (str(path),), str(path.resolve()), path.stem)
+    if glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not files:
+            raise CharRNNError(f"no files match {spec!r}")
+        return Source(tuple(files), tuple(map(str, files)), spec, files[0].parent.name or "glob")
+    builtins = ", ".join(sorted(BUILTINS))
+    raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")
 
 
 def load_text(
@@ -165,34 +254,15 @@ def load_text(
     encoding: str = "utf-8",
     skip_chars: int = 0,
     data_dir: str | os.PathLike | None = None,
+    decode_errors: str = "fail",
 ) -> Corpus:
-    """Load a corpus from a built-in name, URL, file, folder (*.txt, sorted) or glob pattern."""
+    """Load a corpus into memory (for scoring and small texts; training streams it, see prepare.py)."""
     if skip_chars < 0:
         raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
-    spec = str(spec)
-    path = Path(spec).expanduser()
-    if spec in BUILTINS and not path.exists():
-        data, source = _builtin_bytes(spec, data_dir)
-        text, name = decode(data, encoding, source), spec
-    elif spec.startswith(("http://", "https://")):
-        text = decode(_url_bytes(spec), encoding, spec)
-        source, name = spec, Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem or "download"
-    elif path.is_dir():
-        files = sorted(p for p in path.glob("*.txt") if p.is_file())
-        if not files:
-            raise CharRNNError(f"folder {path} has no *.txt files; point --text at a file or a folder of .txt files")
-        text, source, name = _read_files(files, encoding), str(path.resolve()), path.resolve().name
-    elif path.is_file():
-        text, source, name = _read_files([path], encoding), str(path.resolve()), path.stem
-    elif glob.has_magic(spec):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
-        if not files:
-            raise CharRNNError(f"no files match {spec!r}")
-        text, source, name = _read_files(files, encoding), spec, files[0].parent.name or "glob"
-    else:
-        builtins = ", ".join(sorted(BUILTINS))
-        raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")
+    found = resolve(spec, data_dir)
+    text = _read_files(list(found.files), encoding, list(found.labels), decode_errors)
+    source = found.source
     text = text[skip_chars:]
     if not text:
         raise CharRNNError(f"{source}: no text left to train on" + (f" after skipping {skip_chars} characters" if skip_chars else ""))
-    return Corpus(text=text, name=name, source=source, sha256=_sha256(text.encode("utf-8", "surrogatepass")))
+    return Corpus(text=text, name=found.name, source=source, sha256=_sha256(text.encode("utf-8", "surrogatepass")))

@@ -81,3 +81,20 @@ def eval_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> Iterator[tup
     if len(tail) >= 2:
         batch = torch.from_numpy(tail.astype(np.int64))[None]  # (1, tail)
         yield batch[:, :-1], batch[:, 1:]
+
+
+def eval_sample(ids: np.ndarray, max_chars: int, seq_len: int) -> np.ndarray:
+    """At most `max_chars` of `ids` to validate on, the same every epoch (0 = all of them).
+
+    A split within the bound is returned as it is (so small runs score exactly as before). A larger one
+    gives evenly spaced windows of seq_len + 1 characters across the whole split, copied into one array:
+    eval_batches cuts it back into exactly those windows, so every scored chunk is real contiguous text.
+    """
+    if max_chars == 0 or len(ids) <= max_chars:
+        return ids
+    window = seq_len + 1
+    if max_chars < window:  # a bound below one window: its first characters
+        return np.ascontiguousarray(ids[:max_chars])
+    count = max_chars // window
+    starts = np.linspace(0, len(ids) - window, count).astype(np.int64)  # (count,)
+    return np.ascontiguousarray(ids[starts[:, None] + np.arange(window)]).reshape(-1)  # (count * window,)

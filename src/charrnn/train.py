@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import distributed
 from .config import ModelConfig, TrainConfig
-from .corpus import BUILTINS, load_text
-from .data import Batches, eval_batches, split
+from .corpus import BUILTINS, looks_like_url
+from .data import Batches, eval_batches, eval_sample, split
 from .errors import CharRNNError, WriteError
 from .files import DirectoryLock, append_text, atomic_write_text, remove_stale_temporaries
 from .model import CharRNN, precision_name, resolve_precision, summary
 from .plot import plot_losses
+from .prepare import prepare
 from .vocab import Vocab
 
 
@@ -117,17 +119,23 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.config = config
         self.vocab = vocab
-        self.device = resolve_device(config.device)
+        self.device = distributed.setup(resolve_device(config.device))  # this rank's device under DDP
         self.model = model.to(self.device)
         self.model.compute_dtype = resolve_precision(config.precision, self.device)
         self.precision = precision_name(self.model.compute_dtype)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.ddp = distributed.wrap(self.model, self.device)  # what training steps call: DDP when N > 1
+        self.shard = distributed.shard(config.batch_size)  # this rank's rows of each global batch
+        self.main = distributed.is_main()  # only rank 0 writes the run directory and progress
         self.batches = Batches(train_ids, config.batch_size, config.seq_len, config.seed)
         self.val_ids = val_ids
+        self.eval_ids = eval_sample(val_ids, config.eval_chars, config.seq_len)  # what evaluate() scores
         if len(val_ids) and len(val_ids) < 2:
             raise CharRNNError("the validation part is too short to score; raise --val-fraction or set it to 0")
         self.callbacks = list(callbacks)
         self.out = out if out is not None else sys.stderr
+        if not self.main:
+            self.out = open(os.devnull, "w")
         # Position: `epoch` is the epoch in progress, `step_in_epoch` the steps of it already done.
         self.epoch = 0
         self.step_in_epoch = 0
@@ -145,10 +153,11 @@ class Trainer:
     # -- construction -------------------------------------------------------------------------------
     @staticmethod
     def _load_data(config: TrainConfig, data_dir=None):
-        corpus = load_text(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir)
-        vocab = Vocab.from_text(corpus.text)
-        train_ids, val_ids = split(vocab.encode(corpus.text), config.val_fraction)
-        return corpus, vocab, train_ids, val_ids
+        # Streamed into a cached .npy and memory-mapped: the ids are never all in memory (prepare.py).
+        corpus = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
+                         decode_errors=config.decode_errors)
+        train_ids, val_ids = split(corpus.ids, config.val_fraction)
+        return corpus, corpus.vocab, train_ids, val_ids
 
     @classmethod
     def create(cls, run_dir: str | Path, config: TrainConfig = TrainConfig(), model: dict[str, Any] | None = None,
@@ -156,15 +165,19 @@ class Trainer:
         """Start a new run in `run_dir` (which must not hold one). `model`: ModelConfig fields except
         vocab_size, which comes from the text."""
         run_dir = Path(run_dir)
+        distributed.setup(resolve_device(config.device))
         cls._check_new_run_dir(run_dir)
+        distributed.barrier()  # every rank has checked before rank 0 writes
         text = config.text
-        if text not in BUILTINS and not text.startswith(("http://", "https://")):
+        if text not in BUILTINS and not looks_like_url(text):
             # Absolute, so `--resume` works from any working directory.
             config = dataclasses.replace(config, text=str(Path(text).expanduser().absolute()))
         corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
         model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
         torch.manual_seed(config.seed)
         trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+        if not trainer.main:
+            return trainer
         # Everything is validated; only now is anything written.
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +189,7 @@ class Trainer:
             remove_stale_temporaries(run_dir)
             vocab.save(run_dir / ckpt.VOCAB)
             ckpt.save_config(run_dir, model_config, config, {
-                "name": corpus.name, "source": corpus.source, "chars": len(corpus.text), "sha256": corpus.sha256,
+                "name": corpus.name, "source": corpus.source, "chars": corpus.chars, "sha256": corpus.sha256,
                 "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
             })
         except BaseException:
@@ -207,15 +220,20 @@ class Trainer:
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
         config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in allowed})
-        lock = DirectoryLock(run_dir).acquire()  # before reading the state another trainer may be writing
+        distributed.setup(resolve_device(config.device))
+        # Rank 0 locks before reading the state another trainer may be writing; only it writes.
+        lock = DirectoryLock(run_dir).acquire() if distributed.is_main() else None
         try:
-            remove_stale_temporaries(run_dir)  # left by a writer killed mid-checkpoint; we hold the lock
+            if lock is not None:
+                remove_stale_temporaries(run_dir)  # left by a writer killed mid-checkpoint; we hold the lock
             trainer = cls._restore(run_dir, model_config, config, corpus_info, data_dir, callbacks, out)
             trainer.lock = lock
-            trainer._truncate_metrics()
-            ckpt.save_config(run_dir, model_config, config, corpus_info)
+            if trainer.main:
+                trainer._truncate_metrics()
+                ckpt.save_config(run_dir, model_config, config, corpus_info)
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             raise
         return trainer
 
@@ -267,28 +285,34 @@ class Trainer:
         return low + 0.5 * (cfg.lr - low) * (1 + math.cos(math.pi * progress))
 
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss."""
+        """One optimizer step on a batch (batch, time) of inputs and targets; returns the loss (under DDP:
+        this rank takes its rows of the global batch, and the loss returned is the global batch's)."""
+        distributed.fault_hook(self.global_step)
+        inputs, targets = inputs[self.shard], targets[self.shard]
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        logits, _ = self.model(inputs.to(self.device))  # (batch, time, vocab)
+        logits, _ = self.ddp(inputs.to(self.device))  # (batch, time, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
-        return loss.item()
+        return distributed.mean(loss)
 
     def evaluate(self, ids: np.ndarray | None = None) -> float | None:
-        """Validation loss in nats/char (None when the run has no validation split)."""
-        ids = self.val_ids if ids is None else ids
+        """Validation loss in nats/char (None when the run has no validation split): on the fixed
+        sample of at most `eval_chars` characters unless `ids` are given."""
+        ids = self.eval_ids if ids is None else ids
         if len(ids) < 2:
             return None
         return evaluate_loss(self.model, ids, self.config.seq_len, self.config.batch_size)
 
     def save_checkpoint(self) -> None:
-        """Write latest.safetensors and the resumable trainer state, both atomically."""
+        """Write latest.safetensors and the resumable trainer state, both atomically (rank 0 only)."""
+        if not self.main:
+            return
         state = {
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -304,6 +328,8 @@ class Trainer:
         ckpt.save_weights(self.run_dir / ckpt.LATEST, self.model, epoch=self.epoch, step=self.global_step)
 
     def _ensure_lock(self) -> None:
+        if not self.main:
+            return  # under DDP only rank 0 writes, and holds the lock
         if self.lock is None:
             self.lock = DirectoryLock(self.run_dir)
         self.lock.acquire()
@@ -321,6 +347,8 @@ class Trainer:
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         append_text(self.run_dir / ckpt.METRICS, json.dumps(record) + "\n")
 
     def _truncate_metrics(self) -> None:
@@ -348,12 +376,13 @@ class Trainer:
             "train_loss": train_loss, "val_loss": val_loss,
             "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
             "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps), "precision": self.precision,
-            "elapsed": None, "lr": self.learning_rate(),
+            "elapsed": None, "lr": self.learning_rate(), "val_chars_scored": int(len(self.eval_ids)),
         }
         improved = val_loss is not None and (self.best_val_loss is None or val_loss < self.best_val_loss)
         if improved:
             self.best_val_loss, self.bad_epochs = val_loss, 0
-            ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
+            if self.main:
+                ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
         elif val_loss is not None and complete:
             self.bad_epochs += 1
         if complete:
@@ -361,7 +390,8 @@ class Trainer:
         record["elapsed"] = self._tick()  # wall time so far, evaluation included
         self._log(record)
         self.save_checkpoint()
-        plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
+        if self.main:
+            plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
         val_text = "" if val_loss is None else f", val loss {val_loss:.4f} ({val_loss / math.log(2):.3f} bits/char)"
         self._say(f"epoch {record['epoch']}{'' if complete else ' (partial)'}: train loss {train_loss:.4f}{val_text}, "
                   f"{seconds:.1f} s ({record['ms_per_step']:.0f} ms/step)" + (" *best*" if improved else ""))
@@ -400,6 +430,8 @@ class Trainer:
             self._say(f"untrained loss {untrained:.4f} (ln {len(self.vocab)} = {math.log(len(self.vocab)):.4f}: a uniform guess)")
         self._say(f"training on {self.device.type} ({self.precision}, {torch.get_num_threads()} threads): {steps} steps/epoch, batch {cfg.batch_size} x {cfg.seq_len}, "
                   f"{len(self.batches.ids):,} train / {len(self.val_ids):,} val characters -> {self.run_dir}")
+        if distributed.world_size() > 1:
+            self._say(f"DDP: {distributed.world_size()} processes, {cfg.batch_size // distributed.world_size()} rows of each batch per process")
         handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
         previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         self._mark = time.perf_counter()
@@ -420,13 +452,13 @@ class Trainer:
                     if self.global_step % cfg.log_every == 0:
                         self._log({"kind": "step", "epoch": self.epoch + 1, "step": self.global_step, "loss": loss,
                                    "lr": self.learning_rate(), "elapsed": self._tick(), "precision": self.precision})
-                    if self._stop_requested:
+                    if distributed.any_rank(self._stop_requested):  # all ranks stop at the same step
                         status = "interrupted"
                         break
                     if cfg.max_steps and self.global_step >= cfg.max_steps:
                         status = "max_steps"
                         break
-                    if cfg.max_minutes and self._tick() >= 60 * cfg.max_minutes:
+                    if cfg.max_minutes and distributed.any_rank(self._tick() >= 60 * cfg.max_minutes):
                         status = "max_minutes"
                         break
                     if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
