@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, DEVICES, LR_SCHEDULES, PRECISIONS, TENSORBOARD, ModelConfig, TrainConfig, from_dict
 from .errors import CharRNNError
 from .presets import PRESETS, preset
 
@@ -41,6 +41,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--patience", type=int, default=S, help="stop after N epochs without validation improvement (default 0 = off)")
     g.add_argument("--checkpoint-every", type=int, default=S, help=f"also save every N steps (default {d.checkpoint_every}; 0 = epoch ends only)")
     g.add_argument("--log-every", type=int, default=S, help=f"metrics line every N steps (default {d.log_every})")
+    g.add_argument("--tensorboard", choices=TENSORBOARD, default=S,
+                   help="TensorBoard event files in the run directory: on, off, or auto (default: on when tensorboard is installed)")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:

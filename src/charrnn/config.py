@@ -14,6 +14,7 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+TENSORBOARD = ("auto", "on", "off")
 MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
 
 
@@ -79,6 +80,8 @@ class TrainConfig:
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
     checkpoint_every: int = 200  # also save the latest checkpoint every N steps; 0 = epoch ends only
     log_every: int = 10  # write a metrics line every N steps
+    tensorboard: str = "auto"  # TensorBoard event files in the run directory: on, off, or auto (on when the
+    #                            tensorboard package is installed)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -106,6 +109,8 @@ class TrainConfig:
             raise CharRNNError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.precision not in PRECISIONS:
             raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.tensorboard not in TENSORBOARD:
+            raise CharRNNError(f"tensorboard must be one of {', '.join(TENSORBOARD)}; got {self.tensorboard!r}")
         if self.device not in DEVICES:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
 
