@@ -177,7 +177,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, value in vars(limits).items():
         if value < 1:
             raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
-    serve(args.run, args.host, args.port, limits)
+    serve(args.run, args.host, args.port, limits, args.model_name)
     return 0
 
 
@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=limits.max_samples, help=f"samples per request (default {limits.max_samples})")
     p.add_argument("--max-prompt-chars", type=int, default=limits.max_prompt_chars, help=f"prompt length (default {limits.max_prompt_chars})")
     p.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes, help=f"request body size (default {limits.max_body_bytes})")
+    p.add_argument("--model-name", help="the model's id in the OpenAI-compatible API (default: RUN_OR_EXPORT as given)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("summary", help="layer table and parameter count", description="Print the model's layers and parameters.")
