@@ -1,11 +1,14 @@
 """The OpenAI-compatible endpoint (issue 12), driven by the real `openai` client against a real server on
 127.0.0.1: the same generation as /v1/generate and the Python API, in OpenAI's shapes."""
 
+import json
+
 import httpx
 import pytest
 
 pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
+from fastapi.testclient import TestClient
 
 import charrnn
 from charrnn.serve import ServeLimits, create_app
@@ -128,6 +131,11 @@ def test_bad_requests_are_openai_errors(client):
         client.completions.create(model="tiny", prompt="A", temperature=-1)
     with pytest.raises(openai.BadRequestError, match="unknown_field: Extra inputs are not permitted"):
         client.completions.create(model="tiny", prompt="A", extra_body={"unknown_field": 1})
+    with pytest.raises(openai.BadRequestError, match="token ids are not supported") as error:
+        client.completions.create(model="tiny", prompt=[[31, 42]])
+    assert error.value.param == "prompt"
+    with pytest.raises(openai.BadRequestError, match="echo is not supported"):
+        client.completions.create(model="tiny", prompt="A", echo=True)
     with pytest.raises(openai.NotFoundError) as error:
         client.completions.create(model="gpt-3.5-turbo-instruct", prompt="A")
     assert error.value.code == "model_not_found" and "this server serves 'tiny'" in error.value.message
@@ -161,3 +169,38 @@ def test_a_client_leaving_a_stream_stops_its_generation(model):
                     break
             stream.close()
         assert wait_for(lambda: health(url) == {"status": "ok", "active_streams": 0, "active_generations": 0}, 5)
+
+
+def test_a_bug_is_an_openai_500_and_mid_stream_an_error_event(model):
+    class BreaksMidway:
+        vocab = model.vocab
+
+        def stream(self, **options):
+            if options["prompt"] == "now":
+                raise RuntimeError("stream broke")
+            yield [options["prompt"]]
+            yield ["x"]
+            raise RuntimeError("step broke")
+
+    with TestClient(create_app(BreaksMidway(), LIMITS, model_id="tiny"), raise_server_exceptions=False) as broken:
+        response = broken.post("/v1/completions", json={"prompt": "now"})
+        assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+        assert response.json()["error"]["message"].startswith("internal error: RuntimeError: stream broke")
+        response = broken.post("/v1/completions", json={"prompt": "A", "stream": True})
+    assert response.status_code == 200
+    last = response.text.strip().split("\n\n")[-1]
+    assert json.loads(last.removeprefix("data: "))["error"] == {
+        "message": "internal error: RuntimeError: step broke; the server's log has the traceback",
+        "type": "server_error", "param": None, "code": None}
+
+
+def test_the_schema_documents_the_openai_endpoints(server):
+    schema = httpx.get(f"{server}/openapi.json", timeout=30).json()
+    completions = schema["paths"]["/v1/completions"]["post"]["responses"]
+    assert {"200", "400", "404", "413", "500"} <= set(completions) and "422" not in completions
+    assert set(completions["200"]["content"]) == {"application/json", "text/event-stream"}
+    for status in ("400", "404", "413", "500"):
+        assert completions[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OpenAIErrorBody"}
+    fields = schema["components"]["schemas"]["CompletionRequest"]["properties"]
+    assert fields["seed"]["maximum"] == 2**64 - 1 and fields["max_tokens"]["maximum"] == 400 and fields["n"]["maximum"] == 4
+    assert {"/v1/models", "/v1/models/{name}"} <= set(schema["paths"])

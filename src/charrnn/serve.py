@@ -23,7 +23,7 @@ import secrets
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from . import decoding
 from .errors import CharRNNError
@@ -54,16 +54,11 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     is its name in the OpenAI-compatible API."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field
 
     from . import serve_openai
-    from .serve_http import BodyLimit, begin, check_limits, documented, event_stream, install_error_handlers, slices
-
-    def bounds(**keywords) -> dict:
-        return {"json_schema_extra": keywords}
-
-    # JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
-    Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+    from .serve_http import (BodyLimit, Integer, begin, bounds, check_limits, documented, event_stream,
+                             install_error_handlers, slices)
 
     class GenerateRequest(BaseModel):
         # Strict: JSON true is not the number 1, 0 is not false, 1.5 is not an integer. The ranges are
@@ -111,8 +106,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     def openapi() -> dict:
         # FastAPI's OpenAPI models hold bounds as floats, and 2**64 - 1 is not one (it rounds up to 2**64).
         schema = app.openapi_schema or default_openapi()
-        for request in ("GenerateRequest", "CompletionRequest"):
-            schema["components"]["schemas"][request]["properties"]["seed"]["maximum"] = MAX_SEED
+        schema["components"]["schemas"]["GenerateRequest"]["properties"]["seed"]["maximum"] = MAX_SEED
         return schema
 
     app.openapi = openapi

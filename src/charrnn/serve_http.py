@@ -15,12 +15,12 @@ import json
 import logging
 import time
 from contextlib import aclosing
-from typing import AsyncIterator, Callable
+from typing import Annotated, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -30,6 +30,16 @@ EXAMPLE = '{"prompt": "ROMEO:", "length": 100}'
 OPENAI_EXAMPLE = '{"model": "MODEL", "prompt": "ROMEO:", "max_tokens": 100}'
 
 CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, and how soon a client leaving is noticed
+
+
+# JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
+Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+
+
+def bounds(**keywords) -> dict:
+    """Field() keywords that put JSON Schema bounds in the schema for clients; the shared checks enforce
+    them, with 400s that say what is allowed."""
+    return {"json_schema_extra": keywords}
 
 
 class ErrorBody(BaseModel):

@@ -17,7 +17,7 @@ import json
 import secrets
 import time
 from contextlib import aclosing
-from typing import Annotated, Any
+from typing import Any
 
 from .decoding import MAX_SEED
 from .errors import CharRNNError
@@ -76,17 +76,11 @@ class Stops:
 def install(app, model, limits, model_id: str) -> None:
     """Add the OpenAI-compatible routes to `app` (serve.create_app's), serving `model` as `model_id`."""
     from fastapi import Request
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-    from .serve_http import RequestError, begin, check_limits, event_stream, openai_error_body, slices
+    from .serve_http import Integer, RequestError, begin, bounds, check_limits, event_stream, openai_error_body, slices
 
     created = int(time.time())
-
-    def schema(**keywords) -> dict:
-        return {"json_schema_extra": keywords}
-
-    # As /v1/generate: 5.0 is the integer 5 (JSON Schema agrees); true and "5" stay errors.
-    Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
 
     class StreamOptions(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
@@ -100,34 +94,42 @@ def install(app, model, limits, model_id: str) -> None:
                                                     "omitted = that one")
         prompt: str | list[str] = Field(description="text to continue, or a list of texts (each gets n completions); "
                                                     "'' starts a fresh line",
-                                        **schema(maxLength=limits.max_prompt_chars, minItems=1, maxItems=limits.max_samples,
+                                        **bounds(maxLength=limits.max_prompt_chars, minItems=1, maxItems=limits.max_samples,
                                                  items={"type": "string", "maxLength": limits.max_prompt_chars}))
         max_tokens: Integer | None = Field(min(DEFAULT_MAX_TOKENS, limits.max_length),
                                            description="characters to generate (a token is a character)",
-                                           **schema(minimum=0, maximum=limits.max_length))
-        temperature: float | None = Field(1.0, description="0 = greedy", **schema(minimum=0))
-        top_p: float | None = Field(1.0, description="1 = off", **schema(exclusiveMinimum=0, maximum=1))
+                                           **bounds(minimum=0, maximum=limits.max_length))
+        temperature: float | None = Field(1.0, description="0 = greedy", **bounds(minimum=0))
+        top_p: float | None = Field(1.0, description="1 = off", **bounds(exclusiveMinimum=0, maximum=1))
         n: Integer | None = Field(1, description="completions per prompt; n times the prompts is at most --max-samples",
-                                  **schema(minimum=1, maximum=limits.max_samples))
+                                  **bounds(minimum=1, maximum=limits.max_samples))
         seed: Integer | None = Field(None, description="same seed, same text (as /v1/generate's); omitted = random",
-                                     **schema(minimum=0, maximum=MAX_SEED))
+                                     **bounds(minimum=0, maximum=MAX_SEED))
         stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOPS} strings that end a completion "
                                                                "(not returned)",
-                                             **schema(minLength=1, maxItems=MAX_STOPS, items={"type": "string", "minLength": 1}))
+                                             **bounds(minLength=1, maxItems=MAX_STOPS, items={"type": "string", "minLength": 1}))
         stream: bool | None = Field(False, description="Server-Sent Events of text_completion chunks, then data: [DONE]")
         stream_options: StreamOptions | None = None
         top_k: Integer | None = Field(0, description="an extension (as vLLM's): sample from the k likeliest; 0 or -1 = off",
-                                      **schema(minimum=-1))
+                                      **bounds(minimum=-1))
         drop_unknown: bool | None = Field(False, description="an extension: drop prompt characters the model never saw")
         # Accepted with the values that ask for nothing (clients send them as defaults); others are a 400.
-        echo: bool | None = Field(False, description="false only: the prompt is not repeated", **schema(enum=[False, None]))
-        best_of: Integer | None = Field(None, description="1 only", **schema(enum=[1, None]))
-        logprobs: Integer | None = Field(None, description="null only: no log-probabilities", **schema(enum=[None]))
-        presence_penalty: float | None = Field(0.0, description="0 only", **schema(enum=[0, None]))
-        frequency_penalty: float | None = Field(0.0, description="0 only", **schema(enum=[0, None]))
-        logit_bias: dict[str, float] | None = Field(None, description="empty only", **schema(maxProperties=0))
-        suffix: str | None = Field(None, description="empty only: no insertion", **schema(maxLength=0))
+        echo: bool | None = Field(False, description="false only: the prompt is not repeated", **bounds(enum=[False, None]))
+        best_of: Integer | None = Field(None, description="1 only", **bounds(enum=[1, None]))
+        logprobs: Integer | None = Field(None, description="null only: no log-probabilities", **bounds(enum=[None]))
+        presence_penalty: float | None = Field(0.0, description="0 only", **bounds(enum=[0, None]))
+        frequency_penalty: float | None = Field(0.0, description="0 only", **bounds(enum=[0, None]))
+        logit_bias: dict[str, float] | None = Field(None, description="empty only", **bounds(maxProperties=0))
+        suffix: str | None = Field(None, description="empty only: no insertion", **bounds(maxLength=0))
         user: str | None = Field(None, description="ignored")
+
+        @field_validator("prompt", mode="before")
+        @classmethod
+        def text_only(cls, value):
+            # OpenAI also takes token ids (lists of integers); pydantic's message for them lists every branch.
+            if isinstance(value, str) or (isinstance(value, list) and all(isinstance(p, str) for p in value)):
+                return value
+            raise ValueError("must be a string or a list of strings (token ids are not supported: a token here is a character)")
 
     class Choice(BaseModel):
         index: int
@@ -212,14 +214,25 @@ def install(app, model, limits, model_id: str) -> None:
     async def start(options: dict):
         try:
             return await begin(model, options)
-        except RequestError:
-            raise
         except CharRNNError as exc:  # a shared check: name the OpenAI field the client sent
             message = str(exc)
             word = message.split(" ", 1)[0]
             if word in OPENAI_NAMES:
                 raise RequestError(OPENAI_NAMES[word] + message[len(word):], param=OPENAI_NAMES[word]) from None
             raise RequestError(message, param="prompt" if "prompt" in message else None) from None
+
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        schema = default_openapi()
+        # FastAPI adds a 422 to every operation with input; these answer 400 instead, as OpenAI does.
+        schema["paths"]["/v1/completions"]["post"]["responses"].pop("422", None)
+        schema["paths"]["/v1/models/{name}"]["get"]["responses"].pop("422", None)
+        # FastAPI's OpenAPI models hold bounds as floats, and 2**64 - 1 is not one (it rounds up to 2**64).
+        schema["components"]["schemas"]["CompletionRequest"]["properties"]["seed"]["maximum"] = MAX_SEED
+        return schema
+
+    app.openapi = openapi
 
     @app.get("/v1/models", response_model=ModelList, responses=documented(500))
     async def models():
@@ -261,6 +274,8 @@ def install(app, model, limits, model_id: str) -> None:
                        for i, (text, reason) in enumerate(zip(stops_at.texts, stops_at.reasons))]
             return {**head, "choices": choices, "usage": usage()}
 
+        finished: set[int] = set()  # samples whose chunk with a finish_reason was sent
+
         def event(choices: list[dict], **extra) -> str:
             return f"data: {json.dumps({**head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
@@ -287,8 +302,6 @@ def install(app, model, limits, model_id: str) -> None:
             if body.stream_options and body.stream_options.include_usage:
                 yield event([], usage=usage())
             yield "data: [DONE]\n\n"
-
-        finished: set[int] = set()  # samples whose chunk with a finish_reason was sent
 
         def failed(exc: Exception) -> str:
             # The openai client raises an APIError for a data event holding "error".
