@@ -93,3 +93,17 @@ def test_off_writes_no_event_file_and_on_without_the_package_says_how(small_text
     assert not (tmp_path / "on").exists()  # nothing written
     Trainer.create(tmp_path / "auto", config(small_text, max_steps=4), TINY, **QUIET).fit()
     assert not list((tmp_path / "auto").glob("events.*"))  # auto: off without the package
+
+
+def test_the_flag(small_text, tmp_path):
+    from conftest import run_cli
+
+    flags = ["--text", small_text, "--hidden", "16", "--embedding", "8", "--batch-size", "16", "--seq-len", "40"]
+    result = run_cli("train", *flags, "--run", tmp_path / "r", "--max-steps", "2", "--log-every", "1", "--tensorboard", "off")
+    assert result.returncode == 0, result.stderr
+    assert not list((tmp_path / "r").glob("events.*"))
+    # Housekeeping, so it may change on resume; the event files then hold what was logged from there on.
+    result = run_cli("train", "--resume", tmp_path / "r", "--max-steps", "4", "--tensorboard", "on")
+    assert result.returncode == 0, result.stderr
+    assert [s for s, _ in scalars(tmp_path / "r")["loss/train"]] == [3, 4]
+    assert [s for s, _ in expected(tmp_path / "r")["loss/train"]] == [1, 2, 3, 4]
