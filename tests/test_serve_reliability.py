@@ -320,11 +320,13 @@ def test_a_port_in_use_is_a_one_line_error_naming_it(tiny_run):
 @pytest.fixture(scope="module")
 def contract_server(model):
     """The real server with small limits, so that generated requests stay quick."""
-    with live(create_app(model, ServeLimits(max_length=200, max_samples=4, max_prompt_chars=100))) as url:
+    with live(create_app(model, CONTRACT_LIMITS)) as url:
         yield url
 
 
-OPERATIONS = [("POST", "/v1/generate"), ("GET", "/v1/model"), ("GET", "/health"), ("GET", "/")]
+OPERATIONS = [("POST", "/v1/generate"), ("GET", "/v1/model"), ("GET", "/health"), ("GET", "/"),
+              ("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/{name}")]
+CONTRACT_LIMITS = ServeLimits(max_length=200, max_samples=4, max_prompt_chars=100)
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +340,8 @@ def api_schema(contract_server):
 # fixture-based form (schemathesis.pytest.from_fixture, 4.32) fails on the removed Function._nodeid, and
 # the schema must come from the live server, which needs the trained model, which is a fixture.
 @pytest.mark.parametrize("method, path, mode", [*((m, p, "positive") for m, p in OPERATIONS),
-                                                ("POST", "/v1/generate", "negative")])  # the GETs take no input
+                                                # the GETs take no input (or any string)
+                                                ("POST", "/v1/generate", "negative"), ("POST", "/v1/completions", "negative")])
 def test_the_live_server_honours_its_openapi(api_schema, model, method, path, mode):
     from schemathesis import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -346,15 +349,23 @@ def test_the_live_server_honours_its_openapi(api_schema, model, method, path, mo
     @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(case=api_schema[path][method].as_strategy(GenerationMode(mode)))
     def check(case):
-        # The one rejection a schema cannot state: prompt characters this model never saw (allowed with
-        # drop_unknown). Such requests get every other check, and must be that 400.
+        # The rejections a schema cannot state: prompt characters this model never saw (allowed with
+        # drop_unknown), and for /v1/completions, n times the prompts over --max-samples. Such requests get
+        # every other check, and must be that 400.
         body = case.body if isinstance(case.body, dict) else {}
         prompt = body.get("prompt", "")
-        unseen = mode == "positive" and isinstance(prompt, str) and not body.get("drop_unknown") and model.vocab.unknown(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
+        unseen = mode == "positive" and not body.get("drop_unknown") and any(
+            isinstance(p, str) and model.vocab.unknown(p) for p in prompts)
+        n = body.get("n") if isinstance(body.get("n"), (int, float)) else 1
+        too_many = mode == "positive" and path == "/v1/completions" and len(prompts) * n > CONTRACT_LIMITS.max_samples
         # Every default check otherwise: no 5xx, documented statuses and content types, bodies that match
-        # their schemas, schema-valid data accepted, invalid data rejected.
-        response = case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance] if unseen else None)
-        if unseen:
-            assert response.status_code == 400 and "never saw" in response.json()["error"], response.text
+        # their schemas, schema-valid data accepted (a 404 for another model's name counts), invalid data rejected.
+        response = case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance] if unseen or too_many else None)
+        if unseen or too_many:
+            error = response.json()["error"]
+            message = error["message"] if path == "/v1/completions" else error
+            assert response.status_code in (400, 404), response.text  # 404: the model's name is checked first
+            assert response.status_code == 404 or "never saw" in message or "--max-samples" in message, response.text
 
     check()

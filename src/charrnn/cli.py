@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import CELLS, DECODE_ERRORS, DEVICES, LR_SCHEDULES, PRECISIONS, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, DECODE_ERRORS, DEVICES, LR_SCHEDULES, PRECISIONS, TENSORBOARD, ModelConfig, TrainConfig, from_dict
 from .errors import CharRNNError
 from .presets import PRESETS, preset
 
@@ -43,6 +43,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-every", type=int, default=S, help=f"also save every N steps (default {d.checkpoint_every}; 0 = epoch ends only)")
     g.add_argument("--log-every", type=int, default=S, help=f"metrics line every N steps (default {d.log_every})")
     g.add_argument("--eval-chars", type=int, default=S, help=f"validate on a fixed sample of at most this many characters (default {d.eval_chars:,}; 0 = the whole split)")
+    g.add_argument("--tensorboard", choices=TENSORBOARD, default=S,
+                   help="TensorBoard event files in the run directory: on, off, or auto (default: on when tensorboard is installed)")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -185,7 +187,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for name, value in vars(limits).items():
         if value < 1:
             raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
-    serve(args.run, args.host, args.port, limits)
+    serve(args.run, args.host, args.port, limits, args.model_name)
     return 0
 
 
@@ -270,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=limits.max_samples, help=f"samples per request (default {limits.max_samples})")
     p.add_argument("--max-prompt-chars", type=int, default=limits.max_prompt_chars, help=f"prompt length (default {limits.max_prompt_chars})")
     p.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes, help=f"request body size (default {limits.max_body_bytes})")
+    p.add_argument("--model-name", help="the model's id in the OpenAI-compatible API (default: RUN_OR_EXPORT as given)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("summary", help="layer table and parameter count", description="Print the model's layers and parameters.")

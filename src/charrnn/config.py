@@ -15,6 +15,7 @@ DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 DECODE_ERRORS = ("fail", "skip", "replace")
+TENSORBOARD = ("auto", "on", "off")
 MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
 
 
@@ -82,6 +83,8 @@ class TrainConfig:
     log_every: int = 10  # write a metrics line every N steps
     decode_errors: str = "fail"  # files of a folder or glob that do not decode: fail, skip (leave out) or replace (U+FFFD)
     eval_chars: int = 2_000_000  # validate on a fixed sample of at most this many characters; 0 = the whole split
+    tensorboard: str = "auto"  # TensorBoard event files in the run directory: on, off, or auto (on when the
+    #                            tensorboard package is installed)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -109,6 +112,8 @@ class TrainConfig:
             raise CharRNNError(f"val_fraction must be in [0, 1); got {self.val_fraction}")
         if self.precision not in PRECISIONS:
             raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.tensorboard not in TENSORBOARD:
+            raise CharRNNError(f"tensorboard must be one of {', '.join(TENSORBOARD)}; got {self.tensorboard!r}")
         if self.device not in DEVICES:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.decode_errors not in DECODE_ERRORS:

@@ -26,10 +26,13 @@ from . import kernels
 
 
 def _packing_works() -> bool:
+    # Its own generator: drawing from the global one would shift dropout's random numbers in the process
+    # that probes first, so a run resumed in a fresh process would differ from the uninterrupted one.
+    generator = torch.Generator().manual_seed(0)
     try:
-        w = torch.randn(6, 4, dtype=torch.bfloat16)
+        w = torch.randn(6, 4, generator=generator).to(torch.bfloat16)
         packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
-        x = torch.randn(2, 4, dtype=torch.bfloat16)
+        x = torch.randn(2, 4, generator=generator).to(torch.bfloat16)
         return torch.equal(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), torch.nn.functional.linear(x, w))
     except Exception:  # older/newer torch without these internal ops, or no oneDNN
         return False

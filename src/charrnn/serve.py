@@ -5,24 +5,25 @@
                            data: {"texts": [...]} per chunk (the prompts first), then event: done
                            (or event: error, {"error": ...}, should generation fail midway)
     GET  /v1/model      architecture, vocabulary size, parameters, training metrics, limits
+    POST /v1/completions, GET /v1/models   OpenAI-compatible (serve_openai.py): the same generation
     GET  /health        {"status": "ok", "active_streams": N, "active_generations": M}
     GET  /              a single page that streams generations (no build step, nothing from the internet)
     GET  /openapi.json  the schema
 
 Generation goes through the same `stream` (and its checks) as the CLI and the Python API, a slice at a
-time so that a client that leaves stops its generation. Every error is JSON, {"error": "..."} (see
-serve_http.py): 400 for bad values (unseen prompt characters included), 404 / 405 for a wrong path or
-method, 413 for a body over the limit, 422 for a malformed request, 500 for a bug.
+time so that a client that leaves stops its generation (serve_http.py, shared with the OpenAI-compatible
+endpoint). Every error is JSON, {"error": "..."} (see serve_http.py): 400 for bad values (unseen prompt
+characters included), 404 / 405 for a wrong path or method, 413 for a body over the limit, 422 for a
+malformed request, 500 for a bug; the OpenAI-compatible paths use OpenAI's error envelope instead.
 """
 
 
 import json
-import logging
 import secrets
-import time
 from dataclasses import asdict, dataclass
 from importlib import resources
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Any
 
 from . import decoding
 from .decoding import MAX_SEED
@@ -39,7 +40,6 @@ class ServeLimits:
     max_body_bytes: int = 65536  # size of the request body
 
 
-CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, and how soon a client leaving is noticed
 
 # One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
 SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
@@ -49,20 +49,16 @@ SSE_EVENT = {"type": "object", "required": ["data"], "properties": {
                             'done: {"seed": S}; error: {"error": "internal error: ..."}'}}}
 
 
-def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn"):
-    """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel)."""
+def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn", model_id: str = "charrnn"):
+    """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel); `model_id`
+    is its name in the OpenAI-compatible API."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, StreamingResponse
-    from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-    from starlette.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse
+    from pydantic import BaseModel, ConfigDict, Field
 
-    from .serve_http import BodyLimit, documented, install_error_handlers
-
-    def bounds(**keywords) -> dict:
-        return {"json_schema_extra": keywords}
-
-    # JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
-    Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
+    from . import serve_openai
+    from .serve_http import (BodyLimit, Integer, begin, bounds, check_limits, documented, event_stream,
+                             install_error_handlers, slices)
 
     class GenerateRequest(BaseModel):
         # Strict: JSON true is not the number 1, 0 is not false, 1.5 is not an integer. The ranges are
@@ -100,32 +96,10 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     install_error_handlers(app)
 
     def check(request: GenerateRequest) -> dict[str, Any]:
-        for name, value, limit, flag in (("length", request.length, limits.max_length, "--max-length"),
-                                         ("num_samples", request.num_samples, limits.max_samples, "--max-samples"),
-                                         ("prompt", len(request.prompt), limits.max_prompt_chars, "--max-prompt-chars")):
-            if value > limit:
-                what = f"{value} characters" if name == "prompt" else value
-                raise CharRNNError(f"{name} is {what}; this server allows at most {limit} ({flag})")
+        check_limits(limits, request.length, request.num_samples, [request.prompt], ("length", "num_samples", "prompt"))
         options = request.model_dump(exclude={"stream"})
         options["seed"] = request.seed if request.seed is not None else secrets.randbelow(2**31)
         return options
-
-    async def chunks(pieces, request: Request):
-        """The rest of a stream, a slice of generation at a time in the threadpool; stops at the next slice
-        once the client has gone, so a request nobody waits for does not keep a core busy."""
-        app.state.active_generations += 1
-        try:
-            while not await request.is_disconnected():
-                chunk = await run_in_threadpool(_take, pieces, CHUNK_SECONDS)
-                if chunk is None:
-                    return
-                yield chunk
-        finally:
-            try:
-                pieces.close()
-            except ValueError:  # cancelled mid-slice: that thread finishes its slice and is not resumed
-                pass
-            app.state.active_generations -= 1
 
     default_openapi = app.openapi
 
@@ -152,29 +126,26 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
         **documented(400, 413, 422, 500)})
     async def generate(body: GenerateRequest, request: Request):
         options = check(body)
-        pieces = model.stream(**options)
-        first = await run_in_threadpool(next, pieces)  # bad prompts fail here, before the 200 is sent
+        first, pieces = await begin(model, options)
         if not body.stream:
             collected = [first]
-            async for chunk in chunks(pieces, request):
+            async for chunk in slices(pieces, request):
                 collected.append(chunk)
             # Had the client left, nobody reads this answer (and the generation stopped early).
             return {"samples": decoding.join(iter(collected)), "seed": options["seed"]}
 
         async def events():
-            app.state.active_streams += 1
-            try:
-                yield f"data: {json.dumps({'texts': first})}\n\n"
-                async for chunk in chunks(pieces, request):
-                    yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
-                yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
-            except Exception as exc:  # a bug after the 200 was sent: the last event says so, the log has the traceback
-                logging.getLogger("uvicorn.error").exception("generation failed mid-stream")
-                yield f"event: error\ndata: {json.dumps({'error': f'internal error: {type(exc).__name__}: {exc}'})}\n\n"
-            finally:
-                app.state.active_streams -= 1
+            yield f"data: {json.dumps({'texts': first})}\n\n"
+            async for chunk in slices(pieces, request):
+                yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
+            yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        def failed(exc: Exception) -> str:
+            return f"event: error\ndata: {json.dumps({'error': f'internal error: {type(exc).__name__}: {exc}'})}\n\n"
+
+        return event_stream(request, events(), failed)
+
+    serve_openai.install(app, model, limits, model_id)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -183,17 +154,10 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     return app
 
 
-def _take(pieces, seconds: float) -> list[str] | None:
-    """Collect the characters produced within `seconds` (at least one step); None when finished."""
-    chunk, deadline = None, time.perf_counter() + seconds
-    for step in pieces:
-        chunk = step if chunk is None else [a + b for a, b in zip(chunk, step)]
-        if time.perf_counter() >= deadline:
-            break
-    return chunk
-
-
-def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits()) -> None:
+def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits(),
+          model_name: str | None = None) -> None:
+    """Serve the run or export at `path`; `model_name` is its id in the OpenAI-compatible API (default:
+    `path` as given, as vLLM names a model by its path)."""
     import sys
 
     try:
@@ -207,8 +171,10 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits =
     port = listener.getsockname()[1]  # the one the system picked for --port 0
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"charrnn: serving on {host}: anyone who can reach this machine can use it", file=sys.stderr)
-    print(f"serving {path} on http://{host}:{port}/  (API: POST /v1/generate, GET /v1/model; Ctrl-C stops)", file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(create_app(model, limits), log_level="warning"))
+    model_id = model_name or Path(path).as_posix()
+    print(f"serving {path} on http://{host}:{port}/  (API: POST /v1/generate, GET /v1/model; OpenAI-compatible: "
+          f"POST /v1/completions with model {model_id!r}; Ctrl-C stops)", file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(create_app(model, limits, model_id=model_id), log_level="warning"))
     with listener:
         server.run(sockets=[listener])
 

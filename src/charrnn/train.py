@@ -34,6 +34,7 @@ from .files import DirectoryLock, append_text, atomic_write_text, remove_stale_t
 from .model import CharRNN, precision_name, resolve_precision, summary
 from .plot import plot_losses
 from .prepare import prepare
+from .tblog import EventLog
 from .vocab import Vocab
 
 
@@ -147,6 +148,7 @@ class Trainer:
         self.checkpoint_step: int | None = None  # global step of the last checkpoint on disk
         self.stop_signal: int | None = None  # the signal that asked fit() to stop, if one did
         self.lock: DirectoryLock | None = None  # held while this trainer may write the run directory
+        self.events = EventLog(self.run_dir, config.tensorboard)  # TensorBoard scalars, beside metrics.jsonl
         self._stop_requested = False
         self._mark = time.perf_counter()
 
@@ -212,10 +214,11 @@ class Trainer:
                **overrides: Any) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. Only the stopping criteria and the
         housekeeping may change: epochs, max_steps, max_minutes, patience, device, precision,
-        checkpoint_every, log_every."""
+        checkpoint_every, log_every, tensorboard."""
         run_dir = Path(run_dir)
         model_config, config, corpus_info = ckpt.load_config(run_dir)
-        allowed = {"epochs", "max_steps", "max_minutes", "patience", "device", "precision", "checkpoint_every", "log_every"}
+        allowed = {"epochs", "max_steps", "max_minutes", "patience", "device", "precision", "checkpoint_every", "log_every",
+                   "tensorboard"}
         changed = sorted(k for k, v in overrides.items() if getattr(config, k, object()) != v and k not in allowed)
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
@@ -336,6 +339,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run directory's lock (fit() does this when it returns)."""
+        self.events.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -350,11 +354,13 @@ class Trainer:
         if not self.main:
             return
         append_text(self.run_dir / ckpt.METRICS, json.dumps(record) + "\n")
+        self.events.write(record)
 
     def _truncate_metrics(self) -> None:
         # Lines written after the checkpoint we resume from describe steps that will be redone.
         kept = [r for r in ckpt.read_metrics(self.run_dir) if r.get("step", 0) <= self.global_step]
         atomic_write_text(self.run_dir / ckpt.METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        self.events.resume_at(self.global_step)
 
     def _tick(self) -> float:
         """Add the time since the last tick to `elapsed`; returns it."""
