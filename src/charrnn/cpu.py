@@ -70,14 +70,15 @@ def _verdict_path(flags: set[str]) -> Path:
     return cache_dir() / "cpu" / f"amx-{key}.json"
 
 
-def _probe() -> bool:
+def _probe() -> bool | None:
+    """True if the product ran, False if the child died of a signal (SIGILL), None if it could not tell."""
     env = {k: v for k, v in os.environ.items() if k not in ISA_VARIABLES}
     env.setdefault("OMP_NUM_THREADS", "1")
     try:
         result = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, timeout=300)
     except (OSError, subprocess.SubprocessError):
-        return False
-    return result.returncode == 0
+        return None
+    return True if result.returncode == 0 else False if result.returncode < 0 else None
 
 
 def amx_usable() -> bool:
@@ -93,13 +94,17 @@ def amx_usable() -> bool:
         try:
             _amx_usable = bool(json.loads(path.read_text())["amx_usable"])
         except (OSError, ValueError, KeyError, TypeError):
-            _amx_usable = _probe()
-            from .files import atomic_write_text
+            verdict = _probe()
+            # Undecided (no torch in the child, a timeout): stay safe for this process, ask again next time.
+            _amx_usable = bool(verdict)
+            if verdict is not None:
+                from .errors import CharRNNError
+                from .files import atomic_write_text
 
-            try:
-                atomic_write_text(path, json.dumps({"amx_usable": _amx_usable, "cpu": cpu_model()}) + "\n")
-            except OSError:
-                pass  # an unwritable cache only costs the probe again next time
+                try:
+                    atomic_write_text(path, json.dumps({"amx_usable": verdict, "cpu": cpu_model()}) + "\n")
+                except (OSError, CharRNNError):
+                    pass  # an unwritable cache only costs the probe again next time
     return _amx_usable
 
 
