@@ -151,9 +151,8 @@ import json, sys, time
 import numpy as np
 from charrnn.checkpoint import load_run
 from charrnn.data import eval_sample, split
-from charrnn.model import resolve_precision
+from charrnn.model import evaluate_loss, resolve_device, resolve_precision
 from charrnn.prepare import prepare
-from charrnn.train import evaluate_loss, resolve_device
 model, vocab, _, config, _ = load_run(sys.argv[1], "latest", device=resolve_device(sys.argv[2]))
 model.compute_dtype = resolve_precision(config.precision, model.dense.weight.device)
 ids = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, decode_errors=config.decode_errors).ids

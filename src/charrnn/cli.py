@@ -121,22 +121,9 @@ def _default_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "run"
 
 
-def load_any(path: Path, checkpoint: str | None = None, device: str = "cpu"):
-    """A run directory (PyTorch) or an export directory (ONNX Runtime, no torch import)."""
-    from .runtime import is_export
-
-    if is_export(path):
-        if checkpoint or device != "cpu":
-            raise CharRNNError(f"{path} is an export: --checkpoint and --device apply to run directories only")
-        from .runtime import load
-
-        return load(path)
-    from .generate import load
-
-    return load(path, checkpoint=checkpoint, device=device)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .runtime import load_any
+
     model = load_any(args.run, args.checkpoint, args.device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,

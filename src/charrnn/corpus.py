@@ -83,11 +83,6 @@ def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
         raise CharRNNError(f"could not download {url}: {reason}") from None
 
 
-def _builtin_bytes(name: str, explicit_data_dir) -> tuple[bytes, str]:
-    path, source = _builtin_path(name, explicit_data_dir)
-    return path.read_bytes(), source
-
-
 def _builtin_path(name: str, explicit_data_dir) -> tuple[Path, str]:
     """The verified local file of a built-in corpus (downloaded once), and where it came from."""
     spec = BUILTINS[name]
@@ -119,10 +114,6 @@ def _builtin_path(name: str, explicit_data_dir) -> tuple[Path, str]:
         cached.unlink()
         raise CharRNNError(f"the download of {spec.url} is corrupt (SHA-256 mismatch); try again")
     return cached, spec.url
-
-
-def _url_bytes(url: str) -> bytes:
-    return _url_path(url).read_bytes()
 
 
 def _url_path(url: str) -> Path:

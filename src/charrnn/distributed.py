@@ -22,6 +22,7 @@ import torch.distributed as dist
 from .errors import CharRNNError
 
 TIMEOUT_ENV = "CHARRNN_DIST_TIMEOUT"  # seconds a collective may wait for a silent rank (default 600)
+PEER_LOST_EXIT = 3  # exit code of a rank that stopped only because another rank died
 FAIL_ENV = "CHARRNN_FAIL_RANK"  # test hook, "RANK:STEP": that rank crashes before that step
 
 _device = torch.device("cpu")  # where this rank's collectives run (NCCL needs CUDA tensors)
@@ -99,6 +100,27 @@ def any_rank(flag: bool) -> bool:
     return value.item() > 0
 
 
+def from_main(value):
+    """Rank 0's `value` on every rank (a picklable object; evaluation results, decisions)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=_device if _device.type == "cuda" else None)
+    return box[0]
+
+
+def check_same_text(sha256: str, vocab_size: int) -> None:
+    """Every rank must train on the same text: with several machines each prepares its own copy."""
+    if world_size() == 1:
+        return
+    seen: list = [None] * world_size()
+    dist.all_gather_object(seen, (sha256, vocab_size))
+    if any(item != seen[0] for item in seen):
+        odd = next(r for r, item in enumerate(seen) if item != seen[0])
+        raise CharRNNError(f"rank {odd} read a different text than rank 0 (SHA-256 {seen[odd][0][:12]}… vs {seen[0][0][:12]}…, "
+                           f"{seen[odd][1]} vs {seen[0][1]} characters of vocabulary); every machine needs the same text at the same path")
+
+
 def barrier() -> None:
     if world_size() > 1 and dist.is_initialized():
         dist.barrier()
@@ -116,8 +138,12 @@ def peer_errors() -> Iterator[None]:
                                       or "Connection closed by peer" in text):
             raise
         first = text.strip().splitlines()[0][:160] if text.strip() else type(exc).__name__
-        raise CharRNNError(f"rank {rank()} lost contact with the other processes ({first}); "
-                           "the rank that failed first says why") from None
+        sys.stderr.write(f"charrnn: error: rank {rank()} lost contact with the other processes ({first}); "
+                         "the rank that failed first says why\n")
+        sys.stderr.flush()
+        # Leave now: a normal exit destroys gloo's connection threads mid-use and aborts ("terminate
+        # called without an active exception"), which torchrun would then report as this rank's failure.
+        os._exit(PEER_LOST_EXIT)
 
 
 def fault_hook(step: int) -> None:
@@ -152,7 +178,11 @@ def launch(nproc: int, argv: list[str]) -> int:
         print("charrnn: interrupted", file=sys.stderr)
         return 130
     except ChildFailedError as exc:
-        failed_rank, failure = exc.get_first_failure()
+        # Name the rank that failed on its own: ranks that merely lost it exit with PEER_LOST_EXIT, and
+        # torchrun often sees them all fail in the same poll, where its "first" is just the lowest rank.
+        failures = sorted(exc.failures.items())
+        causes = [item for item in failures if item[1].exitcode != PEER_LOST_EXIT] or failures
+        failed_rank, failure = min(causes, key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))
         print(f"charrnn: error: training failed on rank {failed_rank} of {nproc} (exit code {failure.exitcode}; "
               "its message is above); the other ranks were stopped", file=sys.stderr)
         return 1

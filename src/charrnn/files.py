@@ -8,8 +8,10 @@ removes them (`remove_stale_temporaries`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -27,6 +29,9 @@ except ImportError:  # Windows: no advisory locks; a second trainer is not detec
 
 LOCK_FILE = ".lock"
 _TEMPORARY_SUFFIX = ".tmp"
+# Exactly what atomic_path names its temporaries (.NAME.PID.8-HEX.tmp), so a user's own .x.tmp is never
+# taken for one of them (and deleted).
+_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 
 
 def _file_mode() -> int:
@@ -83,7 +88,7 @@ def append_text(path: Path, text: str) -> None:
 
 def is_temporary(name: str) -> bool:
     """Whether a file name is one of atomic_path's temporaries."""
-    return name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX)
+    return _TEMPORARY.match(name) is not None
 
 
 def remove_stale_temporaries(directory: Path) -> int:
@@ -115,7 +120,11 @@ class DirectoryLock:
         handle = open(path, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                handle.close()
+                raise CharRNNError(f"cannot lock {path} ({exc.strerror}); this file system may not support locks "
+                                   "(e.g. NFS without lockd): use a local folder for the run") from None
             handle.seek(0)
             holder = handle.read().strip()
             handle.close()

@@ -17,8 +17,7 @@ from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
 from . import decoding
-from .model import CharRNN, Stepper, bf16_native, count_parameters, resolve_precision
-from .train import evaluate_loss, resolve_device
+from .model import CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, resolve_device, resolve_precision
 from .vocab import Vocab
 
 # With precision "auto", batches at least this large generate with bf16 weights where the hardware has

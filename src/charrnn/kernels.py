@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import CharRNNError
 from .files import atomic_path
 
 SOURCE = r"""
@@ -151,11 +152,12 @@ def _build() -> ctypes.CDLL:
 
     path = cache_dir() / "kernels" / f"gru-{key}.so"
     if not path.is_file():
-        source = path.with_suffix(".c")
-        source.parent.mkdir(parents=True, exist_ok=True)
-        source.write_text(SOURCE)
+        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            obj = tmp.with_suffix(".o")
+            # Source and object beside this process's own temporary: DDP ranks (or two runs) building at
+            # once on a fresh machine never read each other's half-written files.
+            source, obj = tmp.with_suffix(".c"), tmp.with_suffix(".o")
+            source.write_text(SOURCE)
             try:
                 for command in ([compiler, *FLAGS, "-c", str(source), "-o", str(obj)],
                                 [compiler, *LINK_FLAGS, str(obj), "-o", str(tmp), "-lmvec", "-lm"]):
@@ -163,6 +165,7 @@ def _build() -> ctypes.CDLL:
                     if result.returncode != 0:
                         raise RuntimeError(f"{compiler} failed: {(result.stderr.strip().splitlines() or ['?'])[-1]}")
             finally:
+                source.unlink(missing_ok=True)
                 obj.unlink(missing_ok=True)
     library = ctypes.CDLL(str(path))
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -188,7 +191,7 @@ def available() -> bool:
         if _library is None and _failure is None:
             try:
                 _library = _build()
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            except (OSError, RuntimeError, subprocess.SubprocessError, CharRNNError) as exc:  # e.g. an unwritable cache
                 _failure = str(exc)
                 print(f"charrnn: fused CPU kernels unavailable ({_failure}); using the slower PyTorch path", file=sys.stderr)
     return _library is not None

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import cpu
 from .config import PRECISIONS, ModelConfig
+from .data import eval_batches
 from .errors import CharRNNError
 from . import kernels
 from .fastgru import Projection, Scratch, gru_sequence, gru_step
@@ -50,6 +52,33 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 
 def precision_name(dtype: torch.dtype) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharRNNError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise CharRNNError(f"device must be auto, cpu or cuda; got {name!r}")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def evaluate_loss(model: CharRNN, ids: np.ndarray, seq_len: int, batch_size: int) -> float:
+    """Mean cross-entropy (nats/char) over `ids`, chunked like training, state reset per chunk."""
+    was_training = model.training
+    model.eval()
+    device = model.dense.weight.device
+    total, count = 0.0, 0
+    for inputs, targets in eval_batches(ids, seq_len, batch_size):
+        logits, _ = model(inputs.to(device))
+        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(device), reduction="sum").item()
+        count += targets.numel()
+    model.train(was_training)
+    if count == 0:
+        raise CharRNNError("evaluation text is shorter than two characters; nothing to score")
+    return total / count
 
 
 class CharRNN(nn.Module):

@@ -292,14 +292,16 @@ def _locked(path: Path):
 
 
 def _request_key(files, codec: str, errors: str, skip_chars: int) -> str:
-    """What was asked, with each file's size and modification time: a changed file is a new key."""
+    """What was asked, with each file's identity, size and times: a changed file is a new key. The inode
+    change time is in it because tools that copy or sync files keep the modification time (cp -p,
+    rsync -t) but cannot set ctime, so an edit that keeps the size and mtime is still noticed."""
     stats = []
     for path in files:
         try:
             st = path.stat()
         except OSError as exc:
             raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-        stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
+        stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
     request = [FORMAT_VERSION, codec, errors, skip_chars, stats]
     return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:32]
 
@@ -334,9 +336,14 @@ def prepare(spec: str = "shakespeare", *, encoding: str = "utf-8", skip_chars: i
             try:
                 manifest = json.loads(entry.read_text(encoding="utf-8"))
                 if manifest.get("format_version") == FORMAT_VERSION and (folder / manifest["ids"]).is_file():
-                    return _load(entry, manifest, found.name, found.source, cached=True)
-            except (OSError, ValueError, KeyError, TypeError):
+                    prepared = _load(entry, manifest, found.name, found.source, cached=True)
+                    if prepared.skipped:  # said on every run, not only the one that prepared it
+                        out.write(f"charrnn: {skipped_message(list(prepared.skipped), encoding)}\n")
+                    return prepared
+            except (OSError, ValueError, KeyError, TypeError, CharRNNError):
                 pass  # a damaged entry is prepared again
+        for stale in folder.glob(f"*{key}.partial.npy*"):  # left by a preparation that was killed
+            stale.unlink(missing_ok=True)
         started = time.perf_counter()
         points, chars, failed = _scan(files, labels, codec, decode_errors, skip_chars, joined, out)
         if chars == 0:

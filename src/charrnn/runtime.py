@@ -104,3 +104,15 @@ class ExportedModel:
 
 def load(directory: str | Path, threads: int | None = None) -> ExportedModel:
     return ExportedModel(directory, threads)
+
+
+def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu"):
+    """An export directory (this module: ONNX Runtime, no torch) or a run directory (`charrnn.load`, which
+    imports torch only then): what `charrnn generate` and `charrnn serve` accept."""
+    if is_export(path):
+        if checkpoint or device != "cpu":
+            raise CharRNNError(f"{path} is an export: --checkpoint and --device apply to run directories only")
+        return load(path)
+    from .generate import load as load_run
+
+    return load_run(path, checkpoint=checkpoint, device=device)

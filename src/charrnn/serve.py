@@ -164,7 +164,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits =
         import uvicorn
     except ImportError:
         raise CharRNNError("serving needs fastapi and uvicorn: pip install 'charrnn[serve]'") from None
-    from .cli import load_any
+    from .runtime import load_any
 
     listener = bind(host, port)  # before loading the model: a busy port fails at once
     model = load_any(path)

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .errors import CharRNNError
+from .errors import CharRNNError, WriteError
 
 
 # metrics.jsonl (kind, field) -> TensorBoard tag; the x axis is the record's global "step".
@@ -53,17 +53,23 @@ class EventLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        try:  # a full disk is a WriteError, so training says which checkpoint is intact
+            if self.writer is None:
+                from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.run_dir), purge_step=self.purge_step)
-            self.purge_step = None
-        for (kind, field), tag in TAGS.items():
-            if record.get("kind") == kind and record.get(field) is not None:
-                self.writer.add_scalar(tag, record[field], record["step"])
-        self.writer.flush()  # as metrics.jsonl, whose lines are on disk once logged
+                self.writer = SummaryWriter(str(self.run_dir), purge_step=self.purge_step)
+                self.purge_step = None
+            for (kind, field), tag in TAGS.items():
+                if record.get("kind") == kind and record.get(field) is not None:
+                    self.writer.add_scalar(tag, record[field], record["step"])
+            self.writer.flush()  # as metrics.jsonl, whose lines are on disk once logged
+        except OSError as exc:
+            raise WriteError(self.run_dir / "events.out.tfevents.*", exc) from None
 
     def close(self) -> None:
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except OSError as exc:
+                raise WriteError(self.run_dir / "events.out.tfevents.*", exc) from None

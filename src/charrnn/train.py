@@ -28,41 +28,14 @@ from . import checkpoint as ckpt
 from . import distributed
 from .config import ModelConfig, TrainConfig
 from .corpus import BUILTINS, looks_like_url
-from .data import Batches, eval_batches, eval_sample, split
+from .data import Batches, eval_sample, split
 from .errors import CharRNNError, WriteError
 from .files import DirectoryLock, append_text, atomic_write_text, remove_stale_temporaries
-from .model import CharRNN, precision_name, resolve_precision, summary
+from .model import CharRNN, evaluate_loss, precision_name, resolve_device, resolve_precision, summary
 from .plot import plot_losses
 from .prepare import prepare
 from .tblog import EventLog
 from .vocab import Vocab
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CharRNNError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise CharRNNError(f"device must be auto, cpu or cuda; got {name!r}")
-    return torch.device(name)
-
-
-@torch.inference_mode()
-def evaluate_loss(model: CharRNN, ids: np.ndarray, seq_len: int, batch_size: int) -> float:
-    """Mean cross-entropy (nats/char) over `ids`, chunked like training, state reset per chunk."""
-    was_training = model.training
-    model.eval()
-    device = model.dense.weight.device
-    total, count = 0.0, 0
-    for inputs, targets in eval_batches(ids, seq_len, batch_size):
-        logits, _ = model(inputs.to(device))
-        total += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(device), reduction="sum").item()
-        count += targets.numel()
-    model.train(was_training)
-    if count == 0:
-        raise CharRNNError(f"evaluation text is shorter than two characters; nothing to score")
-    return total / count
 
 
 class Callback:
@@ -158,6 +131,7 @@ class Trainer:
         # Streamed into a cached .npy and memory-mapped: the ids are never all in memory (prepare.py).
         corpus = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
                          decode_errors=config.decode_errors)
+        distributed.check_same_text(corpus.sha256, len(corpus.vocab))  # each machine prepared its own copy
         train_ids, val_ids = split(corpus.ids, config.val_fraction)
         return corpus, corpus.vocab, train_ids, val_ids
 
@@ -263,14 +237,15 @@ class Trainer:
         try:
             trainer.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
-        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                # A state saved with more GPUs than this machine has: each device takes its own.
+                torch.cuda.set_rng_state_all(list(state["cuda_rng"])[: torch.cuda.device_count()])
+        except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
             raise CharRNNError(f"{state_path} is damaged ({str(exc).splitlines()[0]}); {fix}") from None
         for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs", "elapsed"):
             setattr(trainer, name, state[name])
         if trainer.step_in_epoch > len(trainer.batches):
             raise CharRNNError(f"{state_path} is damaged (step {trainer.step_in_epoch} of an epoch of {len(trainer.batches)}); {fix}")
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
         trainer.checkpoint_step = trainer.global_step
         return trainer
 
@@ -339,9 +314,11 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run directory's lock (fit() does this when it returns)."""
-        self.events.close()
-        if self.lock is not None:
-            self.lock.release()
+        try:
+            self.events.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def __enter__(self) -> "Trainer":
         return self
@@ -376,7 +353,8 @@ class Trainer:
     def _end_epoch(self, seconds: float, complete: bool) -> dict[str, Any]:
         steps = self.step_in_epoch
         train_loss = self.epoch_loss_sum / steps if steps else float("nan")
-        val_loss = self.evaluate()
+        # Rank 0 scores and tells the others, so every rank takes the same early-stopping decision.
+        val_loss = distributed.from_main(self.evaluate() if self.main else None)
         record = {
             "kind": "epoch", "epoch": self.epoch + 1, "step": self.global_step, "complete": complete,
             "train_loss": train_loss, "val_loss": val_loss,
@@ -414,9 +392,9 @@ class Trainer:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        # Only flags here: writing to stderr from a handler can land inside the progress bar's own write
+        # (a reentrant-write RuntimeError); the loop says it once it sees the flag.
         self._stop_requested, self.stop_signal = True, signum
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        self._say(f"\n{name}: stopping after this step and saving a checkpoint ({name} again stops at once, without saving)")
 
     def request_stop(self) -> None:
         """Stop after the current step, save, and return from fit() with status 'interrupted'."""
@@ -428,6 +406,7 @@ class Trainer:
         steps = len(self.batches)
         if self.epoch >= cfg.epochs:
             self._say(f"the run already finished {self.epoch} epoch(s); pass --epochs N (N > {self.epoch}) to train longer")
+            self.close()
             return FitResult("finished", self.epoch, self.global_step, self.best_val_loss)
         if self.global_step == 0:
             self._say(summary(self.model))
@@ -460,6 +439,10 @@ class Trainer:
                                    "lr": self.learning_rate(), "elapsed": self._tick(), "precision": self.precision})
                     if distributed.any_rank(self._stop_requested):  # all ranks stop at the same step
                         status = "interrupted"
+                        if self.stop_signal is not None:
+                            name = "Ctrl-C" if self.stop_signal == signal.SIGINT else signal.Signals(self.stop_signal).name
+                            self._say(f"\n{name}: stopping after this step and saving a checkpoint "
+                                      f"({name} again stops at once, without saving)")
                         break
                     if cfg.max_steps and self.global_step >= cfg.max_steps:
                         status = "max_steps"
