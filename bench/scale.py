@@ -32,16 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from charrnn.cpu import cpu_model  # torch-free: no import cost here
+
 ROOT = Path(__file__).resolve().parents[1]
 PART_BYTES = 64 << 20  # corpus files of about this size
 SOURCES = (("/usr/include", ("*.h", "*.hpp")), ("/usr/share/doc", ("*",)), ("/usr/share/common-licenses", ("*",)))
-
-
-def cpu_name() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def real_text(limit: int) -> list[bytes]:
@@ -222,7 +217,7 @@ def run_all(args, work: Path) -> None:
         watch([python, "-m", "charrnn", "train", *extra, "--run", str(path), *small], env(cache, threads))
         layouts[name] = 1 / statistics.median(step_times(path / "metrics.jsonl"))
 
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"command: python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
     rows = [

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from charrnn.cpu import cpu_model  # torch-free
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -157,13 +159,6 @@ def peer_available() -> bool:
     return subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0
 
 
-def cpu_name() -> str:
-    try:
-        return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "?"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per job")
@@ -189,7 +184,7 @@ def main() -> None:
 
     precisions = ["fp32"] + (["bf16"] if bf16_native(torch.device("cpu")) else [])
     peer = not args.skip_peer and peer_available()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; python {platform.python_version()}")
+    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print(f"command: python bench/speed.py {' '.join(sys.argv[1:])}".rstrip())
     rows = []
     ours = {p: run_worker("train-ours", args, precision=p) for p in precisions}

@@ -118,7 +118,7 @@ class TrainConfig:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.decode_errors not in DECODE_ERRORS:
             raise CharRNNError(f"decode_errors must be one of {', '.join(DECODE_ERRORS)}; got {self.decode_errors!r}")
-        if not isinstance(self.eval_chars, int) or self.eval_chars < 0:
+        if self.eval_chars < 0:  # an int: _check_types said so
             raise CharRNNError(f"eval_chars must be a non-negative integer (0 = the whole split); got {self.eval_chars!r}")
 
 

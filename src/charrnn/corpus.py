@@ -19,7 +19,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DECODE_ERRORS  # noqa: F401 (re-exported for prepare)
 from .errors import CharRNNError
 from .files import atomic_path
 

@@ -81,14 +81,18 @@ def _probe() -> bool | None:
     return True if result.returncode == 0 else False if result.returncode < 0 else None
 
 
+def _needs_verdict(flags: set[str]) -> bool:
+    # AMX advertised, and the user has not chosen oneDNN's ISA themselves.
+    return "amx_tile" in flags and not any(os.environ.get(v) for v in ISA_VARIABLES)
+
+
 def amx_usable() -> bool:
     """Whether AMX tile instructions run here (False where the CPU has none). Probes once per machine."""
     global _amx_usable
     if _amx_usable is None:
         flags = cpu_flags()
-        if "amx_tile" not in flags or any(os.environ.get(v) for v in ISA_VARIABLES):
-            # No AMX, or the user chose oneDNN's ISA themselves: nothing to decide.
-            _amx_usable = "amx_tile" in flags and not any(os.environ.get(v) for v in ISA_VARIABLES)
+        if not _needs_verdict(flags):
+            _amx_usable = False
             return _amx_usable
         path = _verdict_path(flags)
         try:
@@ -110,5 +114,5 @@ def amx_usable() -> bool:
 
 def guard_isa() -> None:
     """Cap oneDNN below AMX where AMX is advertised but faults. Call before the first oneDNN product."""
-    if "amx_tile" in cpu_flags() and not any(os.environ.get(v) for v in ISA_VARIABLES) and not amx_usable():
+    if _needs_verdict(cpu_flags()) and not amx_usable():
         os.environ["ONEDNN_MAX_CPU_ISA"] = CAPPED_ISA

@@ -10,14 +10,17 @@ class CharRNNError(Exception):
 
 
 class WriteError(CharRNNError):
-    """Writing a file failed (disk full, read-only, permissions); `reason` says which in plain words."""
+    """Writing a file failed (disk full, read-only, permissions): `reason` says which in plain words and
+    `action` what the user can do about it."""
 
     def __init__(self, path, exc: OSError):
         import errno
 
-        reasons = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
-                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-                   errno.EPERM: "permission denied", errno.EFBIG: "the file size limit was reached"}
+        full, denied = ("free some space",), ("fix the folder's permissions",)
+        known = {errno.ENOSPC: ("the disk is full", *full), errno.EDQUOT: ("the disk quota is used up", *full),
+                 errno.EROFS: ("the file system is read-only", "make the disk writable"),
+                 errno.EACCES: ("permission denied", *denied), errno.EPERM: ("permission denied", *denied),
+                 errno.EFBIG: ("the file size limit was reached", "raise the limit (ulimit -f)")}
         self.path = path
-        self.reason = reasons.get(exc.errno, exc.strerror or str(exc))
+        self.reason, self.action = known.get(exc.errno, (exc.strerror or str(exc), "fix that"))
         super().__init__(f"cannot write {path}: {self.reason}")

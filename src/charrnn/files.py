@@ -109,10 +109,6 @@ class DirectoryLock:
         self.directory, self.purpose = Path(directory), purpose
         self._handle = None
 
-    @property
-    def held(self) -> bool:
-        return self._handle is not None
-
     def acquire(self) -> "DirectoryLock":
         if self._handle is not None or fcntl is None:
             return self

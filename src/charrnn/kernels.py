@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import torch
 
@@ -136,11 +135,9 @@ _failure: str | None = None
 
 
 def _cpu_id() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        flags = platform.processor()
-    return platform.machine() + flags
+    from .cpu import cpu_flags
+
+    return platform.machine() + " ".join(sorted(cpu_flags()) or [platform.processor()])
 
 
 def _build() -> ctypes.CDLL:

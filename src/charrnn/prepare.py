@@ -32,7 +32,8 @@ from typing import Iterator, TextIO
 
 import numpy as np
 
-from .corpus import DECODE_ERRORS, cache_dir, check_encoding, decode_error, resolve, skipped_message
+from .config import DECODE_ERRORS
+from .corpus import cache_dir, check_encoding, decode_error, resolve, skipped_message
 from .errors import CharRNNError
 from .files import atomic_path, atomic_write_text
 from .vocab import Vocab

@@ -479,14 +479,11 @@ class Trainer:
 
     def _write_failure(self, exc: WriteError) -> str:
         """One line for a failed write: what failed, that the last checkpoint is intact, how to go on."""
-        action = {"the disk is full": "free some space", "the disk quota is used up": "free some space",
-                  "the file system is read-only": "make the disk writable",
-                  "permission denied": "fix the folder's permissions"}.get(exc.reason, "fix that")
         if self.checkpoint_step is None:
             saved = "no checkpoint was written yet (resuming starts from step 0)"
         else:
             saved = f"the last checkpoint (step {self.checkpoint_step}) is intact"
-        return (f"{exc.reason} while writing {exc.path}; {saved}: {action}, then resume with: "
+        return (f"{exc.reason} while writing {exc.path}; {saved}: {exc.action}, then resume with: "
                 f"charrnn train --resume {self.run_dir}")
 
     @torch.inference_mode()
