@@ -9,7 +9,7 @@ import charrnn
 from charrnn import kernels
 from charrnn.config import ModelConfig
 from charrnn.generate import CharModel
-from charrnn.model import CharRNN
+from charrnn.model import CharRNN, Stepper
 from charrnn.sampling import sample
 from charrnn.vocab import Vocab
 
@@ -64,13 +64,15 @@ def test_bf16_stays_close_to_fp32(path):
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 2e-2
 
 
-@pytest.mark.parametrize("precision, batch", [("fp32", 1), ("fp32", 3), ("bf16", 1), ("bf16", 9)])
-def test_generation_equals_the_straightforward_loop(path, precision, batch):
+@pytest.mark.parametrize("precision, batch, layers", [("fp32", 1, 1), ("fp32", 3, 1), ("bf16", 1, 1), ("bf16", 9, 1),
+                                                     ("fp32", 2, 2), ("bf16", 5, 2)])
+def test_generation_equals_the_straightforward_loop(path, precision, batch, layers):
     """Priming + one-character steps with carried state give exactly the text that re-running the whole
     sequence through forward() at the same precision gives, sample by sample."""
     torch.manual_seed(2)
     vocab = Vocab.from_text("abcdefghij klmnop\n")
-    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32)), vocab, precision=precision)
+    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32, num_layers=layers)),
+                      vocab, precision=precision)
     fast = model.generate("abc", length=60, temperature=0.9, seed=4, num_samples=batch)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     rng, texts = np.random.default_rng(4), ["abc"] * batch
@@ -80,6 +82,34 @@ def test_generation_equals_the_straightforward_loop(path, precision, batch):
             logits = model.model(ids, dtype=dtype)[0][:, -1].numpy()
             texts = [t + vocab.chars[i] for t, i in zip(texts, sample(logits, rng, temperature=0.9))]
     assert fast == texts
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layers, hidden", [(1, 40), (2, 24)])
+def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, layers, hidden):
+    """The step kernels sum each output in one fixed order, so a sample's text does not depend on the
+    rows beside it (what lets the server batch users' requests) — including widths that do not fill a
+    vector, several layers, and re-running the text through forward()."""
+    if not kernels.available():
+        pytest.skip("no C compiler here: the step kernels are unavailable")
+    torch.manual_seed(3)
+    vocab = Vocab.from_text("abcdefghij klmnop\n")
+    net = CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=hidden, num_layers=layers))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    texts = ["abc abc", "hello p", "ppppppp", "ja ja j", "kon\nkon"[:7]]
+    ids = torch.from_numpy(np.stack([vocab.encode(t) for t in texts]).astype(np.int64))  # (5, 7)
+    net.eval()
+    alone, together = Stepper(net, dtype), Stepper(net, dtype)
+    state_alone, state_together = net.initial_state(1), net.initial_state(len(texts))
+    with torch.no_grad():
+        for t in range(ids.shape[1]):  # step the second text alone and among the others
+            logits_alone, state_alone = alone.step(ids[1:2, t], state_alone)
+            logits_together, state_together = together.step(ids[:, t], state_together)
+            assert torch.equal(logits_alone[0], logits_together[1])
+        batched, _ = net(ids, dtype=dtype)  # and re-running the texts, together or one by one
+        assert torch.equal(batched[1, -1], logits_alone[0])
+        for row in range(ids.shape[0]):
+            assert torch.equal(net(ids[row : row + 1], dtype=dtype)[0][0], batched[row])
 
 
 def test_auto_precision_uses_bf16_only_where_it_pays(tiny_run, small_text, tmp_path):

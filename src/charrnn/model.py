@@ -25,7 +25,7 @@ from .config import PRECISIONS, ModelConfig
 from .data import eval_batches
 from .errors import CharRNNError
 from . import kernels
-from .fastgru import Projection, Scratch, gru_sequence, gru_step
+from .fastgru import PackedGRULayer, PackedLinear, Projection, Scratch, gru_sequence, gru_step
 
 cpu.guard_isa()  # before any oneDNN product: caps oneDNN below AMX where AMX is advertised but faults
 
@@ -143,6 +143,8 @@ class CharRNN(nn.Module):
         batch, steps = ids.shape
         if state is None:
             state = self.initial_state(batch, ids.device)
+        if not (torch.is_grad_enabled() or self.training) and kernels.usable(state, dtype):
+            return self._packed_forward(ids, state, dtype)
         time_major = ids.t()  # (time, batch): the recurrence walks time, so keep each step contiguous
         x, finals = None, []
         for layer in range(self.config.num_layers):
@@ -160,6 +162,33 @@ class CharRNN(nn.Module):
         logits = F.linear(self._locked_dropout(x).to(dtype), self.dense.weight.to(dtype), self.dense.bias.to(dtype))
         return logits.float().transpose(0, 1), torch.stack(finals)  # (batch, time, vocab)
 
+    def packed_weights(self, dtype: torch.dtype) -> "PackedWeights":
+        """The weights laid out for generation's step kernels, prepared once per dtype and reused until a
+        parameter changes (in-place updates bump their versions). Shared by concurrent generations."""
+        cache = self.__dict__.setdefault("_packed_weights", {})
+        key = (dtype, tuple(p._version for p in self.parameters()))
+        with _PREPARE_LOCK:
+            if key not in cache:
+                if len(cache) > 4:
+                    cache.clear()
+                cache[key] = PackedWeights(self, dtype)
+            return cache[key]
+
+    def _packed_forward(self, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dtype):
+        """forward() outside training, through the step kernels: every product a fixed-order dot product
+        per row, so re-running a text gives exactly the logits and states that stepping through it gave."""
+        weights = self.packed_weights(dtype)
+        batch, steps = ids.shape
+        x = weights.table[ids.t().contiguous()]  # (time, batch, 3H): the first layer's input projections
+        finals = []
+        for layer, (input_projection, recurrent) in enumerate(weights.layers):
+            if layer:
+                x = input_projection(x.view(steps * batch, -1)).view(steps, batch, -1)
+            x, final = recurrent.sequence(x, state[layer].contiguous())  # (time, batch, H)
+            finals.append(final)
+        logits = weights.output(x.reshape(steps * batch, -1)).view(steps, batch, -1)
+        return logits.transpose(0, 1), torch.stack(finals)  # (batch, time, vocab)
+
     def _locked_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout with one mask per sequence and unit, shared by every time step (x: (time, batch, H)).
         The variational dropout that suits RNNs, and 100x fewer random numbers than a mask per element,
@@ -170,59 +199,84 @@ class CharRNN(nn.Module):
         return x * x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(keep).div_(keep)
 
 
+class PackedWeights:
+    """A GRU model's weights for the step kernels: the first layer's per-character input table (vocab, 3H)
+    fp32, per layer (input projection or None for the first, recurrent layer), and the output layer."""
+
+    @torch.no_grad()
+    def __init__(self, model: CharRNN, dtype: torch.dtype):
+        self.table = model.input_table().contiguous()
+        self.layers = []
+        for layer in range(model.config.num_layers):
+            w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
+            self.layers.append((PackedLinear(w_ih, b_ih, dtype) if layer else None, PackedGRULayer(w_hh, b_hh, dtype)))
+        self.output = PackedLinear(model.dense.weight, model.dense.bias, dtype)
+
+
 class Stepper:
     """Advances a model one character at a time for generation.
 
-    `step(ids (batch,), state) -> (logits (batch, vocab) fp32, state)`. For a GRU on CPU it runs the same
-    `gru_step` as training, on buffers reused from step to step (the returned state is one of them: it
-    stays valid until the next step but one). Weights are prepared once per (model, dtype) and shared;
-    each generation uses its own Stepper, so concurrent generations never share buffers."""
+    `step(ids (batch,), state) -> (logits (batch, vocab) fp32, state)`. For a GRU on CPU it runs the step
+    kernels that forward() runs outside training (see PackedWeights), on buffers reused from step to
+    step (the returned state is one of them: it stays valid until the next step but one). Weights are
+    prepared once per (model, dtype) and shared; each generation uses its own Stepper, so concurrent
+    generations never share buffers. Without a C compiler, a GRU steps through fastgru's PyTorch path."""
 
     def __init__(self, model: CharRNN, dtype: torch.dtype):
         self.model, self.dtype = model, dtype
         self.fast = model.config.cell == "gru" and model.dense.weight.device.type == "cpu"
-        self._buffers = None
-
-    @staticmethod
-    @torch.no_grad()
-    def prepare(model: CharRNN, dtype: torch.dtype, batch: int):
-        """(per-character first-layer input table, per-layer projections, output projection)."""
-        cache = model.__dict__.setdefault("_stepper_weights", {})
-        key = (dtype, batch, tuple(p._version for p in model.parameters()))  # in-place updates bump versions
-        with _PREPARE_LOCK:  # concurrent generations (the server) share one cache
-            if key not in cache:
-                if len(cache) > 8:
-                    cache.clear()
-                table = model.input_table()
-                layers = []
-                for layer in range(model.config.num_layers):
-                    w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
-                    layers.append((Projection(w_ih, b_ih, dtype, batch), Projection(w_hh, b_hh, dtype, batch)))
-                cache[key] = (table, layers, Projection(model.dense.weight, model.dense.bias, dtype, batch))
-            return cache[key]
+        self.packed = self.fast and kernels.usable(torch.empty(0), dtype)
+        self._batch, self._buffers = None, None
 
     @torch.inference_mode()
     def step(self, ids: torch.Tensor, state: torch.Tensor):
         if not self.fast:
             logits, state = self.model(ids[:, None], state, dtype=self.dtype)
             return logits[:, -1], state
-        batch, hidden, layers = ids.shape[0], self.model.config.hidden_size, self.model.config.num_layers
-        if self._buffers is None or self._buffers[0].shape[0] != batch:
-            new = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype)
-            self._buffers = (new(batch, hidden, dtype=self.dtype), new(batch, hidden, dtype=self.dtype),
-                             new(layers, batch, hidden), new(layers, batch, hidden),
-                             Scratch(new(1), batch, hidden, self.dtype), new(batch, 3 * hidden))
-            self.table, self.layers, self.output = self.prepare(self.model, self.dtype, batch)
-            self.fused = kernels.usable(self._buffers[2], self.dtype)
-        h_low, h_low_next, state_a, state_b, scratch, gi = self._buffers
+        batch = ids.shape[0]
+        if self._batch != batch:
+            self._batch = batch
+            self._buffers = self._packed_buffers(batch) if self.packed else self._fallback_buffers(batch)
+        state = state.contiguous()  # the kernels read raw rows
+        return self._packed_step(ids, state) if self.packed else self._fallback_step(ids, state)
+
+    def _packed_buffers(self, batch: int):
+        weights = self.model.packed_weights(self.dtype)
+        config = self.model.config
+        states = [torch.empty(config.num_layers, batch, config.hidden_size) for _ in range(2)]
+        scratch = [layer.scratch(batch) for _, layer in weights.layers]
+        return weights, states, scratch, torch.empty(batch, 3 * config.hidden_size)
+
+    def _packed_step(self, ids: torch.Tensor, state: torch.Tensor):
+        weights, (state_a, state_b), scratch, gi = self._buffers
         out = state_b if state is state_a else state_a  # ping-pong: never overwrite the input state
-        torch.index_select(self.table, 0, ids, out=gi)  # (batch, 3H)
-        for layer, (input_projection, recurrent_projection) in enumerate(self.layers):
+        torch.index_select(weights.table, 0, ids, out=gi)  # (batch, 3H)
+        for layer, (input_projection, recurrent) in enumerate(weights.layers):
+            if layer:
+                input_projection(out[layer - 1], out=gi, scratch=scratch[layer])
+            recurrent.step(gi, state[layer], out[layer], scratch[layer])
+        return weights.output(out[-1], scratch=scratch[-1]), out  # (batch, vocab)
+
+    def _fallback_buffers(self, batch: int):
+        model, dtype, hidden, layers = self.model, self.dtype, self.model.config.hidden_size, self.model.config.num_layers
+        with torch.no_grad():
+            projections = [(Projection(w_ih, b_ih, dtype, batch), Projection(w_hh, b_hh, dtype, batch))
+                           for w_ih, w_hh, b_ih, b_hh in map(model.layer_weights, range(layers))]
+            weights = (model.input_table(), projections, Projection(model.dense.weight, model.dense.bias, dtype, batch))
+        new = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype)
+        return (weights, new(batch, hidden, dtype=dtype), new(batch, hidden, dtype=dtype), new(layers, batch, hidden),
+                new(layers, batch, hidden), Scratch(new(1), batch, hidden, dtype), new(batch, 3 * hidden))
+
+    def _fallback_step(self, ids: torch.Tensor, state: torch.Tensor):
+        (table, layers, output), h_low, h_low_next, state_a, state_b, scratch, gi = self._buffers
+        out = state_b if state is state_a else state_a
+        torch.index_select(table, 0, ids, out=gi)  # (batch, 3H)
+        for layer, (input_projection, recurrent_projection) in enumerate(layers):
             if layer:
                 gi = input_projection(out[layer - 1].to(self.dtype)).float()
             h_low.copy_(state[layer])
-            gru_step(gi, state[layer], h_low, recurrent_projection, out[layer], h_low_next, scratch, fused=self.fused)
-        return self.output(out[-1].to(self.dtype)).float(), out  # (batch, vocab)
+            gru_step(gi, state[layer], h_low, recurrent_projection, out[layer], h_low_next, scratch, fused=False)
+        return output(out[-1].to(self.dtype)).float(), out  # (batch, vocab)
 
 
 def count_parameters(module: nn.Module) -> int:
