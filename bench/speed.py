@@ -68,17 +68,27 @@ def worker_train_ours(args) -> dict:
             "versions": f"torch {torch.__version__}"}
 
 
-def worker_generate_ours(args) -> dict:
+def tutorial_model(precision: str):
+    """The tutorial's model (untrained: speed does not depend on the weights) on Shakespeare's vocabulary."""
     import torch
 
     from charrnn.config import ModelConfig
     from charrnn.generate import CharModel
-    from charrnn.model import CharRNN, precision_name
+    from charrnn.model import CharRNN
     from charrnn.vocab import Vocab
 
     vocab = Vocab.from_text(shakespeare())
     torch.manual_seed(0)
-    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab))), vocab, precision=args.precision)
+    return CharModel(CharRNN(ModelConfig(vocab_size=len(vocab))), vocab, precision=precision)
+
+
+def worker_generate_ours(args) -> dict:
+    """Generation as `charrnn generate` runs it (model loaded): 1000 characters at batch 1, 5 and 64."""
+    import torch
+
+    from charrnn.model import precision_name
+
+    model = tutorial_model(args.precision)
     out = {"threads": torch.get_num_threads()}
     for batch in (1, 5, 64):
         model.generate("ROMEO:", length=50, num_samples=batch, seed=0)  # warm-up
@@ -92,6 +102,62 @@ def worker_generate_ours(args) -> dict:
         out[f"b{batch}"] = {"seconds": seconds, "chars_per_s": batch * args.chars / seconds,
                             "precision": precision_name(model.dtype_for(batch))}
     return out
+
+
+STEP_BATCHES = (1, 2, 4, 8, 16, 64)
+
+
+def worker_steps_ours(args) -> dict:
+    """Microseconds per model step (Stepper, what generation runs) by precision and batch size."""
+    import numpy as np
+    import torch
+
+    from charrnn.model import Stepper
+
+    model = tutorial_model("fp32")
+    out = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for batch in STEP_BATCHES:
+            stepper, ids = Stepper(model.model, dtype), np.zeros(batch, dtype=np.int64)
+            state = model.model.initial_state(batch)
+            steps = max(20, 2000 // batch)
+            for _ in range(10):
+                _, state = stepper.step_numpy(ids, state)
+            times = []
+            for _ in range(5):
+                started = time.perf_counter()
+                for _ in range(steps):
+                    _, state = stepper.step_numpy(ids, state)
+                times.append((time.perf_counter() - started) / steps)
+            out[f"{precision}-b{batch}"] = 1e6 * statistics.median(times)
+    out["auto"] = {f"b{batch}": str(model.dtype_for(batch)).replace("torch.", "") for batch in STEP_BATCHES}
+    return out
+
+
+def worker_first_char(args) -> dict:
+    """Seconds from starting `charrnn generate` on a saved tutorial-size run to its first generated
+    character on stdout (imports, loading, priming): what a user waits for."""
+    import tempfile
+
+    import torch
+
+    from charrnn.config import TrainConfig
+    from charrnn.train import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+        run = Path(tmp) / "run"
+        Trainer.create(run, TrainConfig(val_fraction=0.0, max_steps=1, tensorboard="off"), out=quiet).fit()
+        command = [sys.executable, "-m", "charrnn", "generate", str(run), "--prompt", "ROMEO:", "--length", "1000", "--seed", "0"]
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            process.stdout.read(len("ROMEO:") + 1)  # the prompt, then the first generated character
+            times.append(time.perf_counter() - started)
+            process.stdout.read()
+            process.wait()
+    return {"seconds": statistics.median(times), "torch_import_note": f"torch {torch.__version__}"}
 
 
 def worker_train_peer(args) -> dict:
@@ -140,7 +206,8 @@ def worker_learning(args) -> dict:
 
 
 WORKERS = {"train-ours": worker_train_ours, "generate-ours": worker_generate_ours, "train-peer": worker_train_peer,
-           "generate-peer": worker_generate_peer, "learning": worker_learning}
+           "generate-peer": worker_generate_peer, "learning": worker_learning, "steps-ours": worker_steps_ours,
+           "first-char": worker_first_char}
 
 
 def run_worker(name: str, args, **extra) -> dict | None:
@@ -168,6 +235,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peer", action="store_true", help="measure charrnn only")
     parser.add_argument("--learning-check", action="store_true", help="also train one epoch in fp32 and bf16")
+    parser.add_argument("--skip-train", action="store_true", help="measure generation only")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -187,14 +255,19 @@ def main() -> None:
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print(f"command: python bench/speed.py {' '.join(sys.argv[1:])}".rstrip())
     rows = []
-    ours = {p: run_worker("train-ours", args, precision=p) for p in precisions}
-    theirs = run_worker("train-peer", args) if peer else None
-    gen_ours = run_worker("generate-ours", args, precision="auto")
+    train = not args.skip_train
+    ours = {p: run_worker("train-ours", args, precision=p) if train else None for p in precisions}
+    theirs = run_worker("train-peer", args) if peer and train else None
+    gen_by_precision = {p: run_worker("generate-ours", args, precision=p) for p in ["auto", *precisions]}
+    gen_ours = gen_by_precision["auto"]
     gen_theirs = run_worker("generate-peer", args) if peer else None
+    steps = run_worker("steps-ours", args)
+    first_char = run_worker("first-char", args)
 
-    print(f"\nTraining, tutorial model, batch 64 x 100, {args.steps} timed steps after {args.warmup} warm-up (median):")
-    print(f"{'':26}{'ms/step':>9}{'(min)':>8}{'vs peer':>9}{'loss@' + str(args.warmup + args.steps):>9}{'peak RSS':>10}")
-    for name, r in [*[(f"charrnn {p}", ours[p]) for p in precisions], ("tutorial (TF/Keras)", theirs)]:
+    if train:
+        print(f"\nTraining, tutorial model, batch 64 x 100, {args.steps} timed steps after {args.warmup} warm-up (median):")
+        print(f"{'':26}{'ms/step':>9}{'(min)':>8}{'vs peer':>9}{'loss@' + str(args.warmup + args.steps):>9}{'peak RSS':>10}")
+    for name, r in [*[(f"charrnn {p}", ours[p]) for p in precisions], ("tutorial (TF/Keras)", theirs)] if train else []:
         if r is None:
             print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>9}")
             continue
@@ -202,7 +275,7 @@ def main() -> None:
         print(f"{name:26}{r['ms_per_step']:9.0f}{r['ms_min']:8.0f}{ratio:>9}{r['running_loss']:9.3f}{r['peak_rss_mb']:8.0f} MB")
     print(f"\nGeneration, {args.chars} characters after 'ROMEO:', model loaded (median of {args.repeats}):")
     print(f"{'':26}{'batch 1 s':>10}{'batch 5 s':>10}{'batch 64 chars/s':>18}{'peak RSS':>10}")
-    for name, r in (("charrnn (auto)", gen_ours), ("tutorial OneStep (TF)", gen_theirs)):
+    for name, r in [*((f"charrnn ({p})", gen_by_precision[p]) for p in gen_by_precision), ("tutorial OneStep (TF)", gen_theirs)]:
         if r is None:
             print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>10}")
             continue
@@ -213,7 +286,27 @@ def main() -> None:
               f"{gen_ours['b64']['chars_per_s'] / gen_theirs['b64']['chars_per_s']:17.1f}x")
     if gen_ours:
         print("charrnn generation precision by batch: " + ", ".join(f"{b[1:]}: {gen_ours[b]['precision']}" for b in ("b1", "b5", "b64")))
-    versions = [f"charrnn: {next(iter(ours.values()))['versions'] if any(ours.values()) else '?'}, "
+    if steps:
+        print("\nOne model step (Stepper, what generation runs), microseconds (median):")
+        print(f"{'batch':10}" + "".join(f"{b:>9}" for b in STEP_BATCHES))
+        for p in precisions:
+            print(f"{p:10}" + "".join(f"{steps[f'{p}-b{b}']:9.0f}" for b in STEP_BATCHES))
+        print(f"{'auto':10}" + "".join(f"{steps['auto'][f'b{b}']:>9}" for b in STEP_BATCHES))
+        if len(precisions) == 2:
+            slower = [b for b in STEP_BATCHES if steps[f"bf16-b{b}"] > steps[f"fp32-b{b}"]]
+            wrong = [b for b in STEP_BATCHES if steps["auto"][f"b{b}"] != ("bfloat16" if b not in slower else "float32")]
+            print(f"bf16 slower than fp32 at batch: {slower or 'none'}; auto picks the slower at batch: {wrong or 'none'}")
+    if first_char:
+        print(f"\nTime to first generated character of `charrnn generate` (process start, import, load, prime): "
+              f"{first_char['seconds']:.2f} s (median of {args.repeats})")
+    if gen_ours:
+        b1, b64 = gen_ours["b1"]["seconds"], gen_ours["b64"]["chars_per_s"]
+        print("\nTargets (issue 8):")
+        if gen_theirs:
+            print(f"  batch 1, 1000 chars >= 10x the tutorial's OneStep: {gen_theirs['b1']['seconds'] / b1:.1f}x")
+        print(f"  batch 1, 1000 chars <= 0.10 s: {b1:.3f} s")
+        print(f"  batch 64 >= 100,000 chars/s: {b64:,.0f}")
+    versions = [f"charrnn: {next(iter(ours.values()))['versions'] if any(ours.values()) else 'training skipped'}, "
                 f"{next(iter(ours.values()))['threads'] if any(ours.values()) else '?'} threads, "
                 f"fused kernels {'on' if any(r and r['fused_kernels'] for r in ours.values()) else 'off'}"]
     if theirs:

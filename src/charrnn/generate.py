@@ -113,6 +113,8 @@ class TorchBackend:
         return torch.cat(logits).cpu().numpy(), torch.cat(states, dim=1).contiguous()
 
     def step(self, ids: np.ndarray, state: torch.Tensor):
+        if self.device.type == "cpu":
+            return self.stepper.step_numpy(ids, state)
         logits, state = self.stepper.step(torch.from_numpy(ids).to(self.device), state)
         return logits.cpu().numpy(), state
 

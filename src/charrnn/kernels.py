@@ -271,6 +271,33 @@ void NAME(int64_t batch, int64_t H, int threads, const T *w_hh, const float *b_h
 
 LAYER_STEP(gru_layer_step_f32, float, dots_f32, to_f32)
 LAYER_STEP(gru_layer_step_bf16, uint16_t, dots_bf16, to_bf16)
+
+/* One generation step of a whole GRU model in one call (each step's Python overhead is what batch 1
+   pays most for): gi = table[ids]; per layer, input projection (from the layer below) and GRU step;
+   then the output layer. weights: per layer w_ih (unused for the first), b_ih, w_hh, b_hh, all packed,
+   then w_out, b_out. state_in, state_out (layers, batch, H); gi (batch, 3H), scratch (batch, pad(H)). */
+#define MODEL_STEP(NAME, T, SUFFIX)                                                               \
+int NAME(int64_t batch, int64_t layers, int64_t H, int64_t vocab, int threads, const int64_t *ids,  \
+         const float *table, void *const *weights, const float *state_in, float *state_out, float *gi, \
+         T *scratch, float *logits) {                                                             \
+    for (int64_t row = 0; row < batch; ++row)                                                     \
+        if (ids[row] < 0 || ids[row] >= vocab) return 1;  /* the caller says which */             \
+    for (int64_t row = 0; row < batch; ++row)                                                     \
+        for (int64_t i = 0; i < 3 * H; ++i) gi[row * 3 * H + i] = table[ids[row] * 3 * H + i];   \
+    for (int64_t layer = 0; layer < layers; ++layer) {                                            \
+        void *const *w = weights + 4 * layer;                                                     \
+        if (layer)                                                                                \
+            matvec_##SUFFIX(batch, 3 * H, H, threads, w[0], w[1], state_out + (layer - 1) * batch * H, scratch, gi); \
+        gru_layer_step_##SUFFIX(batch, H, threads, w[2], w[3], gi, state_in + layer * batch * H, scratch, \
+                                state_out + layer * batch * H);                                   \
+    }                                                                                             \
+    matvec_##SUFFIX(batch, vocab, H, threads, weights[4 * layers], weights[4 * layers + 1],       \
+                    state_out + (layers - 1) * batch * H, scratch, logits);                       \
+    return 0;                                                                                     \
+}
+
+MODEL_STEP(gru_model_step_f32, float, f32)
+MODEL_STEP(gru_model_step_bf16, uint16_t, bf16)
 """
 
 # -ffast-math (whole: any -fno-... part of it undefines __FAST_MATH__) is what makes glibc declare its
@@ -328,6 +355,8 @@ def _build() -> ctypes.CDLL:
         for name in (f"matvec_{suffix}",):
             getattr(library, name).argtypes = [i64, i64, i64, i32] + [ptr] * 5
         getattr(library, f"gru_layer_step_{suffix}").argtypes = [i64, i64, i32] + [ptr] * 6
+        getattr(library, f"gru_model_step_{suffix}").argtypes = [i64, i64, i64, i64, i32] + [ptr] * 8
+        getattr(library, f"gru_model_step_{suffix}").restype = i32
     return library
 
 
@@ -424,3 +453,8 @@ def gru_layer_step(gi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: 
     batch, hidden = h.shape
     getattr(_library, f"gru_layer_step_{_suffix(w_hh.dtype)}")(batch, hidden, torch.get_num_threads(), _ptr(w_hh), _ptr(b_hh),
                                                                 _ptr(gi), _ptr(h), _ptr(h_low), _ptr(h_out))
+
+
+def model_step(dtype: torch.dtype):
+    """The C function of one whole-model generation step (see MODEL_STEP); the caller passes raw pointers."""
+    return getattr(_library, f"gru_model_step_{_suffix(dtype)}")

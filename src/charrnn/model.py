@@ -13,6 +13,7 @@ RNN modules under autocast. The parameters are nn.GRU's either way, so checkpoin
 
 from __future__ import annotations
 
+import ctypes
 import threading
 
 import numpy as np
@@ -233,29 +234,54 @@ class Stepper:
         if not self.fast:
             logits, state = self.model(ids[:, None], state, dtype=self.dtype)
             return logits[:, -1], state
-        batch = ids.shape[0]
+        if self.packed:
+            logits, state = self.step_numpy(ids.numpy(), state)
+            return torch.from_numpy(logits), state
+        self._ensure_buffers(ids.shape[0])
+        return self._fallback_step(ids, state.contiguous())
+
+    def step_numpy(self, ids: np.ndarray, state: torch.Tensor):
+        """step() for ids (batch,) int64 as numpy, returning logits as numpy: generation's loop, without
+        the tensor conversions that cost a batch-1 step as much as its products."""
+        if not self.packed:
+            logits, state = self.step(torch.from_numpy(ids), state)
+            return logits.numpy(), state
+        self._ensure_buffers(len(ids))
+        pointers, (state_a, state_b), gi, scratch, ids_buffer, ids_pointer = self._buffers
+        if not state.is_contiguous():  # the kernel reads raw rows
+            state = state.contiguous()
+        out = state_b if state is state_a else state_a  # ping-pong: never overwrite the input state
+        if state.shape != out.shape or state.dtype != torch.float32:
+            raise CharRNNError(f"state must be float32 {tuple(out.shape)} for {len(ids)} ids; got {state.dtype} {tuple(state.shape)}")
+        ids_buffer[:] = ids
+        config = self.model.config
+        logits = torch.empty(len(ids), config.vocab_size)  # (batch, vocab), fresh: the caller keeps it
+        if self._kernel(len(ids), config.num_layers, config.hidden_size, config.vocab_size, torch.get_num_threads(),
+                        ids_pointer, self._table, pointers, state.data_ptr(), out.data_ptr(), gi, scratch, logits.data_ptr()):
+            raise CharRNNError(f"character ids must be from 0 to {config.vocab_size - 1}; got {ids.tolist()}")
+        return logits.numpy(), out
+
+    def _ensure_buffers(self, batch: int) -> None:
         if self._batch != batch:
             self._batch = batch
             self._buffers = self._packed_buffers(batch) if self.packed else self._fallback_buffers(batch)
-        state = state.contiguous()  # the kernels read raw rows
-        return self._packed_step(ids, state) if self.packed else self._fallback_step(ids, state)
 
     def _packed_buffers(self, batch: int):
         weights = self.model.packed_weights(self.dtype)
         config = self.model.config
-        states = [torch.empty(config.num_layers, batch, config.hidden_size) for _ in range(2)]
-        scratch = [layer.scratch(batch) for _, layer in weights.layers]
-        return weights, states, scratch, torch.empty(batch, 3 * config.hidden_size)
-
-    def _packed_step(self, ids: torch.Tensor, state: torch.Tensor):
-        weights, (state_a, state_b), scratch, gi = self._buffers
-        out = state_b if state is state_a else state_a  # ping-pong: never overwrite the input state
-        torch.index_select(weights.table, 0, ids, out=gi)  # (batch, 3H)
-        for layer, (input_projection, recurrent) in enumerate(weights.layers):
-            if layer:
-                input_projection(out[layer - 1], out=gi, scratch=scratch[layer])
-            recurrent.step(gi, state[layer], out[layer], scratch[layer])
-        return weights.output(out[-1], scratch=scratch[-1]), out  # (batch, vocab)
+        tensors = []
+        for input_projection, recurrent in weights.layers:
+            tensors += [input_projection.weight, input_projection.bias] if input_projection else [None, None]
+            tensors += [recurrent.weight, recurrent.bias]
+        tensors += [weights.output.weight, weights.output.bias]
+        pointers = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+        states = tuple(torch.empty(config.num_layers, batch, config.hidden_size) for _ in range(2))
+        gi = torch.empty(batch, 3 * config.hidden_size)
+        scratch = weights.layers[0][1].scratch(batch)
+        ids = np.zeros(batch, dtype=np.int64)
+        # The kernel gets raw pointers: keep what they point into alive as long as the buffers.
+        self._kernel, self._table, self._keep = kernels.model_step(self.dtype), weights.table.data_ptr(), (weights, gi, scratch)
+        return pointers, states, gi.data_ptr(), scratch.data_ptr(), ids, ids.ctypes.data
 
     def _fallback_buffers(self, batch: int):
         model, dtype, hidden, layers = self.model, self.dtype, self.model.config.hidden_size, self.model.config.num_layers

@@ -68,7 +68,31 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            checked: bool = False) -> np.ndarray:
     """Draw one id per row of (batch, vocab) logits; returns (batch,) int64."""
-    probs = probabilities(logits, temperature, top_k, top_p, checked)
+    if not checked:
+        check_sampling(temperature, top_k, top_p)
+    if temperature == 0 or (top_k == 0 and top_p == 1.0):
+        # The common cases in a few vector operations: generation calls this once per character, and
+        # at batch 1 the general path's numpy calls cost as much as the model's step. The same draws.
+        logits = np.asarray(logits)
+        if logits.ndim != 2:
+            raise ValueError(f"logits must be (batch, vocab); got shape {logits.shape}")
+        if temperature == 0:
+            return logits.argmax(axis=1)
+        weights = logits.astype(np.float64)  # (batch, vocab), a copy
+        weights -= weights.max(axis=1, keepdims=True)
+        if temperature < 1e-200:  # the shifted logits over it may overflow to -inf, as they should
+            with np.errstate(over="ignore"):
+                weights /= temperature
+        elif temperature != 1:  # (errstate costs as much as the rest of this function)
+            weights /= temperature
+        cdf = np.exp(weights, out=weights).cumsum(axis=1, out=weights)  # unnormalised
+        batch, vocab = cdf.shape
+        u = 1.0 - rng.random(batch)  # in (0, 1]
+        if batch == 1:  # the first index whose CDF reaches u * total
+            return np.array([min(int(cdf[0].searchsorted(u[0] * cdf[0, -1])), vocab - 1)])
+        ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
+        return np.minimum(ids, vocab - 1)
+    probs = probabilities(logits, temperature, top_k, top_p, checked=True)
     if temperature == 0:
         return probs.argmax(axis=1)
     cdf = np.cumsum(probs, axis=1)
