@@ -105,3 +105,18 @@ def test_prompt_file_and_stdin(tiny_run, tmp_path):
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café".encode("latin-1"))
     assert_one_line_error(run_cli("generate", tiny_run, "--prompt-file", latin1), "not UTF-8")
+
+
+def test_extended_vocabulary_encodes_and_round_trips(tmp_path):
+    from charrnn import CharRNNError, Vocab
+
+    vocab = Vocab.from_text("banana").extend(Vocab.from_text("cab #"))  # a, b, n, then " ", "#", "c"
+    assert vocab.chars == ("a", "b", "n", " ", "#", "c") and not vocab.is_sorted
+    assert vocab.encode("cab #n").tolist() == [5, 0, 1, 3, 4, 2]
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocab.load(tmp_path / "vocab.json") == vocab
+    (tmp_path / "v1.json").write_text('{"format_version": 1, "chars": ["b", "a"]}')
+    import pytest
+
+    with pytest.raises(CharRNNError, match="must be sorted"):
+        Vocab.load(tmp_path / "v1.json")
