@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "ModelConfig": "config", "TrainConfig": "config", "CharRNNError": "errors", "CharModel": "generate",
     "load": "generate", "CharRNN": "model", "Callback": "train", "Trainer": "train", "Vocab": "vocab",
+    "import_tutorial": "importer",
 }
 __all__ = sorted(_LAZY)
 

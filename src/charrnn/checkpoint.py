@@ -61,7 +61,21 @@ def holds_user_files(path: Path) -> bool:
     return path.is_dir() and any(e.name != LOCK_FILE and not is_temporary(e.name) for e in path.iterdir())
 
 
-def save_config(run_dir: Path, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any]) -> None:
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run may go into a missing or empty folder only."""
+    run_dir = Path(run_dir)
+    if is_run(run_dir):
+        raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+    if holds_user_files(run_dir):
+        raise CharRNNError(f"{run_dir} is a folder with files in it that is not a charrnn run; charrnn never writes "
+                           "into such a folder: choose a new or empty --run")
+
+
+def save_config(run_dir: Path, model: ModelConfig, train: TrainConfig, corpus: dict[str, Any],
+                started_from: dict[str, Any] | None = None) -> None:
+    """`started_from`: where the weights came from when not a fresh initialisation (fine-tune, import)."""
     data = {
         "format_version": CONFIG_FORMAT_VERSION,
         "charrnn_version": __version__,
@@ -69,6 +83,8 @@ def save_config(run_dir: Path, model: ModelConfig, train: TrainConfig, corpus: d
         "train": dataclasses.asdict(train),
         "corpus": corpus,
     }
+    if started_from is not None:
+        data["started_from"] = started_from
     atomic_write_text(Path(run_dir) / CONFIG, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -85,6 +101,11 @@ def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
     except CharRNNError as exc:
         raise CharRNNError(f"{path} is damaged ({exc}); {fix}") from None
     return model, train, data.corpus.model_dump()
+
+
+def load_started_from(run_dir: Path) -> dict[str, Any] | None:
+    """config.json's record of where the run's weights started (None: a fresh initialisation)."""
+    return formats.load(formats.ConfigFile, Path(run_dir) / CONFIG, "restore it from a backup").started_from
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `charrnn train | generate | eval | summary`. Every command is a thin layer over the
+"""Command line: `charrnn train | generate | eval | export | serve | import | summary`. Every command is a thin layer over the
 Python API (Trainer, load, CharModel); flags map one to one onto ModelConfig / TrainConfig fields."""
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-chars", type=int, default=S, help=f"validate on a fixed sample of at most this many characters (default {d.eval_chars:,}; 0 = the whole split)")
     g.add_argument("--tensorboard", choices=TENSORBOARD, default=S,
                    help="TensorBoard event files in the run directory: on, off, or auto (default: on when tensorboard is installed)")
+    g.add_argument("--init-from", metavar="RUN", default=S,
+                   help="fine-tune: start from this run's (or imported model's) weights and shape; new characters are appended")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -121,21 +123,36 @@ def _default_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "run"
 
 
+def read_prompt_file(name: str) -> str:
+    """The whole of a prompt file, or of standard input for `-`, as UTF-8 text (kept exactly, final newline too)."""
+    try:
+        if name == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        return Path(name).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise CharRNNError(f"cannot read --prompt-file {name}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CharRNNError(f"--prompt-file {name} is not UTF-8 text (byte {exc.start}); convert it, e.g. with iconv") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .runtime import load_any
 
+    if args.prompt is not None and args.prompt_file is not None:
+        raise CharRNNError("give --prompt or --prompt-file, not both")
+    prompt = read_prompt_file(args.prompt_file) if args.prompt_file is not None else (args.prompt or "")
     model = load_any(args.run, args.checkpoint, args.device)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     options = dict(length=args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    seed=seed, num_samples=args.num_samples, drop_unknown=args.drop_unknown)
     out = sys.stdout
     if args.num_samples == 1:
-        for pieces in model.stream(args.prompt, **options):
+        for pieces in model.stream(prompt, **options):
             out.write(pieces[0])
             out.flush()
         out.write("\n")
     else:
-        for i, text in enumerate(model.generate(args.prompt, **options), 1):
+        for i, text in enumerate(model.generate(prompt, **options), 1):
             out.write(f"--- sample {i} ---\n{text}\n")
     out.flush()
     if args.seed is None and args.temperature != 0:  # greedy text needs no seed
@@ -152,6 +169,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = model.evaluate(corpus.text, drop_unknown=args.drop_unknown)
     print(f"{corpus.source}: {result['chars']:,} characters, loss {result['loss']:.4f} nats/char, "
           f"{result['bits_per_char']:.4f} bits/char")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .checkpoint import load_config
+    from .importer import import_tutorial
+
+    run = import_tutorial(args.path, args.text, args.run, skip_chars=args.skip_chars, encoding=args.encoding,
+                          data_dir=args.data_dir)
+    model = load_config(run)[0]
+    print(f"imported the tutorial's GRU (embedding {model.embedding_size}, {model.hidden_size} units, "
+          f"{model.vocab_size} characters; its [UNK] entry dropped) from {args.path} into {run}")
+    print(f"generate with: charrnn generate {run} --prompt \"...\"; fine-tune with: "
+          f"charrnn train --init-from {run} --text NEW_TEXT --run NEW_RUN")
     return 0
 
 
@@ -221,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate text from a run or an export", description="Generate text from a trained run or an exported directory.")
     p.add_argument("run", type=Path, metavar="RUN_OR_EXPORT")
-    p.add_argument("--prompt", default="", help="text to start from (default: empty, start a fresh line)")
+    p.add_argument("--prompt", help="text to start from (default: empty, start a fresh line)")
+    p.add_argument("--prompt-file", metavar="FILE", help="start from the whole of this UTF-8 file (- = standard input); "
+                   "instead of --prompt")
     p.add_argument("--length", type=int, default=1000, help="characters to generate after the prompt (default 1000)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
     p.add_argument("--top-k", type=int, default=0, help="sample only from the k likeliest characters (0 = off)")
@@ -242,6 +275,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-unknown", action="store_true", help="skip characters the model never saw")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("import", help="turn a TensorFlow tutorial model into a run",
+                       description="Import a model trained by the TensorFlow text-generation tutorial (see docs/import.md).")
+    p.add_argument("path", type=Path, metavar="PATH", help="a Keras 3 .weights.h5, a TF checkpoint prefix "
+                   "(training_checkpoints/ckpt_10) or a folder holding them (its latest checkpoint)")
+    p.add_argument("--text", required=True, help="the text the model was trained on: its vocabulary is rebuilt from it")
+    p.add_argument("--run", type=Path, required=True, help="run directory to create")
+    p.add_argument("--skip-chars", type=int, default=0, help="drop this many characters first, as the model's training did")
+    p.add_argument("--encoding", default="utf-8")
+    p.add_argument("--data-dir", help="folder searched first for built-in corpora")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a run to ONNX (runs without PyTorch)", description="Export a run's one-step generator to ONNX.")
     p.add_argument("run", type=Path, metavar="RUN")

@@ -85,6 +85,8 @@ class TrainConfig:
     eval_chars: int = 2_000_000  # validate on a fixed sample of at most this many characters; 0 = the whole split
     tensorboard: str = "auto"  # TensorBoard event files in the run directory: on, off, or auto (on when the
     #                            tensorboard package is installed)
+    init_from: str = ""  # a run directory (or an imported model) whose weights this run starts from, with its
+    #                      vocabulary extended by the text's new characters; "" = fresh weights
 
     def __post_init__(self) -> None:
         _check_types(self)

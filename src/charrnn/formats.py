@@ -30,7 +30,8 @@ class _Open(BaseModel):
 
 class VocabFile(_Strict):
     kind: ClassVar[str] = "vocabulary"
-    format_version: Literal[1]
+    versions: ClassVar[str] = "1 and 2"
+    format_version: Literal[1, 2]  # 1: sorted characters; 2: any order (a fine-tuned run's)
     chars: list[str] = Field(min_length=1)
 
 
@@ -50,6 +51,9 @@ class ConfigFile(_Strict):
     model: dict[str, Any]  # checked field by field by config.ModelConfig
     train: dict[str, Any]  # checked by config.TrainConfig
     corpus: CorpusInfo = CorpusInfo()
+    # Where the weights started, when not from a fresh initialisation: {"kind": "run", ...} for
+    # `train --init-from`, {"kind": "tensorflow", ...} for `charrnn import`. Informational.
+    started_from: dict[str, Any] | None = None
 
 
 class ExportArchitecture(_Strict):
@@ -113,7 +117,7 @@ def _invalid(model: type[BaseModel], exc: ValidationError, path: Path, fix: str)
         if error["loc"] == ("format_version",) and error["type"] == "literal_error":
             # Not damage: a file from another charrnn version.
             return CharRNNError(f"{path}: {model.kind} format version {error.get('input')!r} is not supported "
-                                f"(this charrnn reads 1); upgrade charrnn, or {fix}")
+                                f"(this charrnn reads {getattr(model, 'versions', '1')}); upgrade charrnn, or {fix}")
     return CharRNNError(f"{path} is damaged or not a charrnn file ({_problems(exc)}); {fix}")
 
 

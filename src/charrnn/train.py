@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import distributed
+from . import finetune
 from .config import ModelConfig, TrainConfig
 from .corpus import BUILTINS, looks_like_url
 from .data import Batches, eval_sample, split
@@ -127,13 +128,16 @@ class Trainer:
 
     # -- construction -------------------------------------------------------------------------------
     @staticmethod
-    def _load_data(config: TrainConfig, data_dir=None):
+    def _load_data(config: TrainConfig, data_dir=None, vocab: Vocab | None = None):
+        """The text's ids in `vocab` (a fine-tuned run's, which holds every character of the text) or in
+        the text's own sorted vocabulary."""
         # Streamed into a cached .npy and memory-mapped: the ids are never all in memory (prepare.py).
         corpus = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
                          decode_errors=config.decode_errors)
         distributed.check_same_text(corpus.sha256, len(corpus.vocab))  # each machine prepared its own copy
-        train_ids, val_ids = split(corpus.ids, config.val_fraction)
-        return corpus, corpus.vocab, train_ids, val_ids
+        ids = corpus.ids if vocab is None or vocab == corpus.vocab else finetune.remap(corpus.ids, corpus.vocab, vocab)
+        train_ids, val_ids = split(ids, config.val_fraction)
+        return corpus, vocab or corpus.vocab, train_ids, val_ids
 
     @classmethod
     def create(cls, run_dir: str | Path, config: TrainConfig = TrainConfig(), model: dict[str, Any] | None = None,
@@ -148,10 +152,26 @@ class Trainer:
         if text not in BUILTINS and not looks_like_url(text):
             # Absolute, so `--resume` works from any working directory.
             config = dataclasses.replace(config, text=str(Path(text).expanduser().absolute()))
-        corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
-        model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
-        torch.manual_seed(config.seed)
-        trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+        source = started_from = None
+        if config.init_from:
+            config = dataclasses.replace(config, init_from=str(Path(config.init_from).expanduser().absolute()))
+            source = finetune.read_source(config.init_from)
+            started_from = source.record
+            vocab = source.vocab.extend(prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars,
+                                                data_dir=data_dir, decode_errors=config.decode_errors).vocab)
+            corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir, vocab)
+            model_config = finetune.model_config(source, vocab, model or {})
+            initial = finetune.initial_model(model_config, source, config.seed)
+        else:
+            corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
+            model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
+            torch.manual_seed(config.seed)
+            initial = CharRNN(model_config)
+        trainer = cls(run_dir, initial, vocab, train_ids, val_ids, config, callbacks, out)
+        if source is not None:
+            added = len(vocab) - len(source.vocab)
+            trainer._say(f"starting from {config.init_from} (step {source.record['step']}); "
+                         f"{added} new character(s) added to its {len(source.vocab)}")
         if not trainer.main:
             return trainer
         # Everything is validated; only now is anything written.
@@ -167,21 +187,13 @@ class Trainer:
             ckpt.save_config(run_dir, model_config, config, {
                 "name": corpus.name, "source": corpus.source, "chars": corpus.chars, "sha256": corpus.sha256,
                 "train_chars": int(len(train_ids)), "val_chars": int(len(val_ids)),
-            })
+            }, started_from=started_from)
         except BaseException:
             trainer.close()
             raise
         return trainer
 
-    @staticmethod
-    def _check_new_run_dir(run_dir: Path) -> None:
-        if ckpt.is_run(run_dir):
-            raise CharRNNError(f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
-        if ckpt.holds_user_files(run_dir):
-            raise CharRNNError(f"{run_dir} is a folder with files in it that is not a charrnn run; charrnn never writes "
-                               "into such a folder: choose a new or empty --run")
+    _check_new_run_dir = staticmethod(ckpt.check_new_run_dir)
 
     @classmethod
     def resume(cls, run_dir: str | Path, data_dir=None, callbacks: Sequence[Callback] = (), out: TextIO | None = None,
@@ -207,7 +219,7 @@ class Trainer:
             trainer.lock = lock
             if trainer.main:
                 trainer._truncate_metrics()
-                ckpt.save_config(run_dir, model_config, config, corpus_info)
+                ckpt.save_config(run_dir, model_config, config, corpus_info, ckpt.load_started_from(run_dir))
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -217,16 +229,28 @@ class Trainer:
     @classmethod
     def _restore(cls, run_dir: Path, model_config: ModelConfig, config: TrainConfig, corpus_info: dict[str, Any],
                  data_dir, callbacks: Sequence[Callback], out: TextIO | None) -> "Trainer":
-        corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir)
-        if corpus_info.get("sha256") and corpus.sha256 != corpus_info["sha256"]:
-            raise CharRNNError(f"the training text {config.text} changed since this run started; resume needs the same text")
-        if vocab != Vocab.load(run_dir / ckpt.VOCAB, "it must be the run's own; restore it from a backup"):
-            raise CharRNNError(f"{run_dir}/vocab.json does not match the training text; restore the run's own vocab.json")
+        run_vocab = Vocab.load(run_dir / ckpt.VOCAB, "it must be the run's own; restore it from a backup")
         state_path = run_dir / ckpt.TRAINER_STATE
+        started_from = ckpt.load_started_from(run_dir)
+        if started_from and started_from.get("kind") == "tensorflow" and not state_path.is_file():
+            raise CharRNNError(f"{run_dir} is an imported model, not a training run; train on from it with "
+                               f"`charrnn train --init-from {run_dir} --text TEXT --run NEW_RUN`")
+        prepared = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
+                           decode_errors=config.decode_errors)
+        if corpus_info.get("sha256") and prepared.sha256 != corpus_info["sha256"]:
+            raise CharRNNError(f"the training text {config.text} changed since this run started; resume needs the same text")
+        # A fine-tuned run's vocabulary is its source's plus the text's new characters; a new run's is the text's.
+        if run_vocab.unknown("".join(prepared.vocab.chars)) if config.init_from else run_vocab != prepared.vocab:
+            raise CharRNNError(f"{run_dir}/vocab.json does not match the training text; restore the run's own vocab.json")
+        corpus, vocab, train_ids, val_ids = cls._load_data(config, data_dir, run_vocab)
         if not state_path.is_file():
             # Stopped before its first checkpoint: start again from step 0, exactly as `create` did.
-            torch.manual_seed(config.seed)
-            trainer = cls(run_dir, CharRNN(model_config), vocab, train_ids, val_ids, config, callbacks, out)
+            if config.init_from:
+                initial = finetune.initial_model(model_config, finetune.read_source(config.init_from), config.seed)
+            else:
+                torch.manual_seed(config.seed)
+                initial = CharRNN(model_config)
+            trainer = cls(run_dir, initial, vocab, train_ids, val_ids, config, callbacks, out)
             trainer._say(f"{run_dir} stopped before its first checkpoint: starting it again from step 0")
             return trainer
         model = CharRNN(model_config)

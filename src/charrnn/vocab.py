@@ -1,7 +1,8 @@
 """Vocabulary: the sorted distinct characters of a text, as in the tutorial.
 
-Ids are positions in that sorted list, so the vocabulary is fully described by its characters and
-round-trips through JSON exactly. Encoding is vectorised with numpy (code points + searchsorted), so a
+Ids are positions in that list, so the vocabulary is fully described by its characters and round-trips
+through JSON exactly. A new run's list is sorted; a fine-tuned run (`train --init-from`) keeps its source's
+ids and appends the new text's new characters, so its list is sorted in two parts (`extend`). Encoding is vectorised with numpy (code points + searchsorted), so a
 100 MB corpus encodes in about a second instead of a minute of Python dict look-ups.
 """
 
@@ -16,7 +17,8 @@ import numpy as np
 from .errors import CharRNNError
 from .files import atomic_write_text
 
-VOCAB_FORMAT_VERSION = 1
+VOCAB_FORMAT_VERSION = 1  # sorted characters
+EXTENDED_VOCAB_FORMAT_VERSION = 2  # any order (a fine-tuned run's): charrnn before version 2 would misread it
 
 
 def id_dtype(vocab_size: int) -> np.dtype:
@@ -44,15 +46,26 @@ class Vocab:
             raise CharRNNError("the vocabulary is empty: the text has no characters")
         if any(len(c) != 1 for c in self.chars):
             raise CharRNNError("a vocabulary entry is not a single character")
-        if list(self.chars) != sorted(set(self.chars)):
-            raise CharRNNError("vocabulary characters must be distinct and sorted")
-        object.__setattr__(self, "_points", np.array([ord(c) for c in self.chars], dtype=np.uint32))
+        if len(set(self.chars)) != len(self.chars):
+            raise CharRNNError("vocabulary characters must be distinct")
+        points = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        order = np.argsort(points, kind="stable")  # encode() searches the sorted code points, then maps to ids
+        object.__setattr__(self, "_points", points[order])
+        object.__setattr__(self, "_ids", order)
         object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
 
     @classmethod
     def from_text(cls, text: str) -> "Vocab":
         """The tutorial's vocabulary: `sorted(set(text))`."""
         return cls(tuple(chr(p) for p in np.unique(_code_points(text))))
+
+    def extend(self, other: "Vocab") -> "Vocab":
+        """These characters with their ids, then `other`'s characters not among them, in sorted order."""
+        return Vocab(self.chars + tuple(sorted(c for c in other.chars if c not in self._index)))
+
+    @property
+    def is_sorted(self) -> bool:
+        return list(self.chars) == sorted(self.chars)
 
     def __len__(self) -> int:
         return len(self.chars)
@@ -83,13 +96,14 @@ class Vocab:
                     "remove them or ask to drop unknown characters"
                 )
             pos_clipped = pos_clipped[known]
-        return pos_clipped.astype(self.dtype)
+        return self._ids[pos_clipped].astype(self.dtype)
 
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
     def to_json(self) -> str:
-        return json.dumps({"format_version": VOCAB_FORMAT_VERSION, "chars": list(self.chars)}, ensure_ascii=True)
+        version = VOCAB_FORMAT_VERSION if self.is_sorted else EXTENDED_VOCAB_FORMAT_VERSION
+        return json.dumps({"format_version": version, "chars": list(self.chars)}, ensure_ascii=True)
 
     def save(self, path: Path) -> None:
         atomic_write_text(path, self.to_json() + "\n")
@@ -99,6 +113,8 @@ class Vocab:
         from .formats import VocabFile, load  # pydantic is imported only when a file is read
 
         data = load(VocabFile, path, fix)
+        if data.format_version == VOCAB_FORMAT_VERSION and list(data.chars) != sorted(data.chars):
+            raise CharRNNError(f"{path} is damaged (a version 1 vocabulary must be sorted); {fix}")
         try:
             return cls(tuple(data.chars))
         except CharRNNError as exc:
