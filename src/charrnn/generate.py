@@ -17,7 +17,8 @@ from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
 from . import decoding
-from .model import CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, resolve_device, resolve_precision
+from .model import (CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, precision_name, resolve_device,
+                    resolve_precision)
 from .vocab import Vocab
 
 # With precision "auto", batches at least this large generate with bf16 weights where the hardware has
@@ -115,6 +116,16 @@ class TorchBackend:
     def step(self, ids: np.ndarray, state: torch.Tensor):
         logits, state = self.stepper.step(torch.from_numpy(ids).to(self.device), state)
         return logits.cpu().numpy(), state
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    def join(self, states: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(states, dim=1)  # (layers, rows, hidden) each -> (layers, all rows, hidden)
+
+    def take(self, state: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return state.index_select(1, torch.tensor(rows, dtype=torch.int64, device=state.device))
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:

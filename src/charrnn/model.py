@@ -188,6 +188,9 @@ class Stepper:
     def prepare(model: CharRNN, dtype: torch.dtype, batch: int):
         """(per-character first-layer input table, per-layer projections, output projection)."""
         cache = model.__dict__.setdefault("_stepper_weights", {})
+        # Only bf16's packed weights depend on the batch (fastgru.Projection): fp32 shares one entry, so
+        # a server whose batch changes size every few steps does not prepare the weights again each time.
+        batch = batch if dtype == torch.bfloat16 else 1
         key = (dtype, batch, tuple(p._version for p in model.parameters()))  # in-place updates bump versions
         with _PREPARE_LOCK:  # concurrent generations (the server) share one cache
             if key not in cache:
