@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from . import decoding
+from .errors import CharRNNError
 from .sampling import sample
 
 POLL_SECONDS = 0.03  # how often a waiting reader asks whether its client has gone
@@ -59,6 +60,8 @@ class Generation:
     # -- the worker's side --------------------------------------------------------------------------
     def put(self, piece: list[str] | None = None, finished: bool = False, error: BaseException | None = None) -> None:
         with self._lock:
+            if self._finished:  # nothing follows the end (a failed step after its last character, say)
+                return
             if piece is not None:
                 self._pieces.append(piece)
             self._finished = self._finished or finished or error is not None
@@ -158,6 +161,9 @@ class Batcher:
                                    options["top_k"], options["top_p"], options["seed"])
             encoded = [decoding.prompt_ids(self.model.vocab, p, options.get("drop_unknown", False)) for p in prompts]
             generation = Generation(self, loop, options, encoded=encoded)
+            if generation.rows > self.max_batch:  # it could never join (the server's limits rule this out)
+                raise CharRNNError(f"the request has {generation.rows} rows; this server steps at most "
+                                   f"{self.max_batch} together (--max-batch)")
         with self._lock:
             self._queue.append(generation)
             if self._thread is None:
@@ -186,7 +192,7 @@ class Batcher:
                 self._step(joining)
             except Exception as exc:  # a bug in a step: every batched request gets it, the server goes on
                 log.exception("a generation step failed")
-                for generation in self._batched:
+                for generation in self._batched + joining:
                     generation.put(error=exc)
                 self._batched, self._state = [], None
             self._counts = (len(self._batched) + len(self._solo), sum(g.rows for g in self._batched))
