@@ -43,8 +43,9 @@ def sse(text: str) -> tuple[list[list[str]], dict]:
     return chunks, done
 
 
-def test_health_model_and_schema(client):
-    assert client.get("/health").json() == {"status": "ok", "active_streams": 0, "active_generations": 0}
+def test_health_model_and_schema(client, model):
+    assert client.get("/health").json() == {"status": "ok", "active_streams": 0, "active_generations": 0, "active_rows": 0,
+                                            "queued_generations": 0, "max_batch": 64, "precision": model.backend(1).precision}
     info = client.get("/v1/model").json()
     assert info["cell"] == "gru" and info["hidden_size"] == 32 and info["vocab_size"] == len(info["vocabulary"])
     assert info["last_epoch"]["val_loss"] > 0 and info["limits"]["max_length"] == 400

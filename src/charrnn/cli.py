@@ -201,11 +201,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import ServeLimits, serve
 
-    limits = ServeLimits(**{k: getattr(args, k) for k in ("max_length", "max_samples", "max_prompt_chars", "max_body_bytes")})
-    for name, value in vars(limits).items():
-        if value < 1:
-            raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
-    serve(args.run, args.host, args.port, limits, args.model_name)
+    limits = ServeLimits(**{k: getattr(args, k) for k in ("max_length", "max_samples", "max_prompt_chars", "max_body_bytes",
+                                                          "max_batch")})
+    serve(args.run, args.host, args.port, limits, args.model_name, args.threads)
     return 0
 
 
@@ -303,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=limits.max_samples, help=f"samples per request (default {limits.max_samples})")
     p.add_argument("--max-prompt-chars", type=int, default=limits.max_prompt_chars, help=f"prompt length (default {limits.max_prompt_chars})")
     p.add_argument("--max-body-bytes", type=int, default=limits.max_body_bytes, help=f"request body size (default {limits.max_body_bytes})")
+    p.add_argument("--max-batch", type=int, default=limits.max_batch,
+                   help=f"rows (samples of all requests) generated together; more requests wait (default {limits.max_batch})")
+    p.add_argument("--threads", type=int, help="compute threads, all on one worker (default: the cores)")
     p.add_argument("--model-name", help="the model's id in the OpenAI-compatible API (default: RUN_OR_EXPORT as given)")
     p.set_defaults(func=cmd_serve)
 

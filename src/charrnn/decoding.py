@@ -28,6 +28,13 @@ class Backend(Protocol):
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         """Feed one id per row (batch,); return logits (batch, vocab) and the new state."""
 
+    # For the server's continuous batching (batching.py): requests join and leave a running batch.
+    def join(self, states: list[Any]) -> Any:
+        """The states' rows one after another, as one batch's state (a new one: the inputs may be reused)."""
+
+    def take(self, state: Any, rows: list[int]) -> Any:
+        """A new state holding only these rows of `state`, in this order."""
+
 
 def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
     """Ids to prime with, and whether they are the user's prompt (else a default primer, not shown)."""

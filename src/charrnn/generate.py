@@ -17,11 +17,12 @@ from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
 from . import decoding
-from .model import CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, resolve_device, resolve_precision
+from .model import (CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, precision_name, resolve_device,
+                    resolve_precision)
 from .vocab import Vocab
 
-# With precision "auto", batches at least this large generate with bf16 weights where the hardware has
-# native bf16: below it, one row's product is bound by reading the weights and fp32 is as fast (bench/).
+# With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
+# with bf16 where the hardware has native bf16: below it, PyTorch's bf16 products cost more than fp32's.
 BF16_MIN_BATCH = 8
 
 
@@ -61,8 +62,12 @@ class CharModel:
     def dtype_for(self, batch: int) -> torch.dtype:
         """The matrix-product dtype used to generate a batch of this size."""
         if self.precision == "auto":
-            fast = batch >= BF16_MIN_BATCH and bf16_native(self.device)
-            return torch.bfloat16 if fast else torch.float32
+            if not bf16_native(self.device):
+                return torch.float32
+            # The step kernels read half the bytes in bf16 and do the same number of multiply-adds per
+            # instruction (AVX512-BF16), so bf16 is the faster at every batch size (bench/speed.py).
+            kernels = Stepper(self.model, torch.bfloat16).packed
+            return torch.bfloat16 if kernels or batch >= BF16_MIN_BATCH else torch.float32
         return resolve_precision(self.precision, self.device)
 
     def backend(self, batch: int) -> "TorchBackend":
@@ -117,6 +122,16 @@ class TorchBackend:
             return self.stepper.step_numpy(ids, state)
         logits, state = self.stepper.step(torch.from_numpy(ids).to(self.device), state)
         return logits.cpu().numpy(), state
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    def join(self, states: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(states, dim=1)  # (layers, rows, hidden) each -> (layers, all rows, hidden)
+
+    def take(self, state: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return state.index_select(1, torch.tensor(rows, dtype=torch.int64, device=state.device))
 
 
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:

@@ -44,6 +44,14 @@ class OnnxBackend:
     def step(self, ids: np.ndarray, state: np.ndarray):
         return self._run(ids.astype(np.int64)[:, None], state)
 
+    precision = "fp32"  # the exported graph's
+
+    def join(self, states: list[np.ndarray]) -> np.ndarray:
+        return np.ascontiguousarray(np.concatenate(states, axis=1))  # (states, rows, hidden) -> all rows
+
+    def take(self, state: np.ndarray, rows: list[int]) -> np.ndarray:
+        return np.ascontiguousarray(state[:, rows])
+
 
 class ExportedModel:
     """An exported model: generate / stream / describe, like charrnn.CharModel."""
@@ -106,13 +114,18 @@ def load(directory: str | Path, threads: int | None = None) -> ExportedModel:
     return ExportedModel(directory, threads)
 
 
-def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu"):
+def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu", threads: int | None = None):
     """An export directory (this module: ONNX Runtime, no torch) or a run directory (`charrnn.load`, which
-    imports torch only then): what `charrnn generate` and `charrnn serve` accept."""
+    imports torch only then): what `charrnn generate` and `charrnn serve` accept. `threads`: the compute
+    threads (ONNX Runtime's intra-op pool, or torch's); None leaves the library's default (the cores)."""
     if is_export(path):
         if checkpoint or device != "cpu":
             raise CharRNNError(f"{path} is an export: --checkpoint and --device apply to run directories only")
-        return load(path)
+        return load(path, threads)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from .generate import load as load_run
 
     return load_run(path, checkpoint=checkpoint, device=device)

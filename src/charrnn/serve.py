@@ -6,13 +6,19 @@
                            (or event: error, {"error": ...}, should generation fail midway)
     GET  /v1/model      architecture, vocabulary size, parameters, training metrics, limits
     POST /v1/completions, GET /v1/models   OpenAI-compatible (serve_openai.py): the same generation
-    GET  /health        {"status": "ok", "active_streams": N, "active_generations": M}
+    GET  /health        {"status": "ok", "active_streams", "active_generations", "active_rows",
+                         "queued_generations", "max_batch", "precision"}
     GET  /              a single page that streams generations (no build step, nothing from the internet)
     GET  /openapi.json  the schema
 
-Generation goes through the same `stream` (and its checks) as the CLI and the Python API, a slice at a
-time so that a client that leaves stops its generation (serve_http.py, shared with the OpenAI-compatible
-endpoint). Every error is JSON, {"error": "..."} (see serve_http.py): 400 for bad values (unseen prompt
+Generation is batched continuously (batching.py, docs/serving.md): one worker thread steps the rows of
+every active request together, one character per step, with at most --max-batch rows; a new request
+joins at the next step (primed on its own), a finished one or one whose client left leaves at the next
+step, and requests beyond --max-batch wait in a FIFO queue. Each request keeps its own state, sampling
+settings and random stream, and the batch steps in one dtype whatever its size, so a request's text is
+what the CLI and the Python API give for the same seed. All compute runs on that worker (with
+--threads threads, default the cores); the event loop only moves text. Both this API and the
+OpenAI-compatible one read generations through serve_http.begin and slices. Every error is JSON, {"error": "..."} (see serve_http.py): 400 for bad values (unseen prompt
 characters included), 404 / 405 for a wrong path or method, 413 for a body over the limit, 422 for a
 malformed request, 500 for a bug; the OpenAI-compatible paths use OpenAI's error envelope instead.
 """
@@ -38,7 +44,15 @@ class ServeLimits:
     max_samples: int = 16  # samples per request
     max_prompt_chars: int = 4000  # characters of prompt
     max_body_bytes: int = 65536  # size of the request body
+    max_batch: int = 64  # rows (samples of all requests) stepped together; more requests wait in a queue
 
+    def check(self) -> None:
+        """A CharRNNError naming the flag for a limit that cannot work."""
+        for name, value in vars(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
+        if self.max_batch < self.max_samples:  # a request's rows always step together
+            raise CharRNNError(f"--max-batch ({self.max_batch}) must be at least --max-samples ({self.max_samples})")
 
 
 # One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
@@ -57,6 +71,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     from pydantic import BaseModel, ConfigDict, Field
 
     from . import serve_openai
+    from .batching import Batcher
     from .serve_http import (BodyLimit, Integer, begin, bounds, check_limits, documented, event_stream,
                              install_error_handlers, slices)
 
@@ -85,12 +100,19 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     class Health(BaseModel):
         status: str
         active_streams: int = Field(description="streaming responses in progress")
-        active_generations: int = Field(description="requests generating, streamed or not")
+        active_generations: int = Field(description="requests generating in the batch, streamed or not")
+        active_rows: int = Field(description="rows (samples) stepped together at present")
+        queued_generations: int = Field(description="requests waiting for rows (the batch is full)")
+        max_batch: int = Field(description="the most rows stepped together (--max-batch)")
+        precision: str | None = Field(description="the dtype every batch steps in (fp32 or bf16), whatever its size")
 
     app = FastAPI(title=title, version="1", docs_url=None, redoc_url=None,  # the docs pages load assets from a CDN
                   description="Generate text with a character-level RNN. Every error is JSON {\"error\": \"...\"}.",
                   responses=documented(500))
-    app.state.active_streams = app.state.active_generations = 0
+    limits.check()
+    batcher = Batcher(model, limits.max_batch)
+    app.state.active_streams = 0
+    app.state.batcher = batcher
     page_html = resources.files("charrnn").joinpath("page.html").read_text(encoding="utf-8")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     install_error_handlers(app)
@@ -113,11 +135,13 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
     @app.get("/health", response_model=Health)
     async def health():
-        return {"status": "ok", "active_streams": app.state.active_streams, "active_generations": app.state.active_generations}
+        return {"status": "ok", "active_streams": app.state.active_streams, **batcher.stats(),
+                "max_batch": limits.max_batch, "precision": batcher.precision}
 
     @app.get("/v1/model", response_model=dict[str, Any])
     async def describe():
-        return {**model.describe(), "limits": asdict(limits), "vocabulary": "".join(model.vocab.chars)}
+        return {**model.describe(), "limits": asdict(limits), "precision": batcher.precision,
+                "vocabulary": "".join(model.vocab.chars)}
 
     @app.post("/v1/generate", responses={
         200: {"model": Generated, "description": "the samples, each the prompt and its continuation; with \"stream\": true, "
@@ -126,17 +150,17 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
         **documented(400, 413, 422, 500)})
     async def generate(body: GenerateRequest, request: Request):
         options = check(body)
-        first, pieces = await begin(model, options)
+        first, generation = await begin(batcher, options, request)
         if not body.stream:
             collected = [first]
-            async for chunk in slices(pieces, request):
+            async for chunk in slices(generation, request):
                 collected.append(chunk)
             # Had the client left, nobody reads this answer (and the generation stopped early).
             return {"samples": decoding.join(iter(collected)), "seed": options["seed"]}
 
         async def events():
             yield f"data: {json.dumps({'texts': first})}\n\n"
-            async for chunk in slices(pieces, request):
+            async for chunk in slices(generation, request):
                 yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
             yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
 
@@ -145,7 +169,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
         return event_stream(request, events(), failed)
 
-    serve_openai.install(app, model, limits, model_id)
+    serve_openai.install(app, batcher, limits, model_id)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -155,9 +179,9 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
 
 def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits(),
-          model_name: str | None = None) -> None:
+          model_name: str | None = None, threads: int | None = None) -> None:
     """Serve the run or export at `path`; `model_name` is its id in the OpenAI-compatible API (default:
-    `path` as given, as vLLM names a model by its path)."""
+    `path` as given, as vLLM names a model by its path); `threads`: the compute threads (default the cores)."""
     import sys
 
     try:
@@ -166,8 +190,11 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits =
         raise CharRNNError("serving needs fastapi and uvicorn: pip install 'charrnn[serve]'") from None
     from .runtime import load_any
 
+    limits.check()
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise CharRNNError(f"--threads must be at least 1; got {threads}")
     listener = bind(host, port)  # before loading the model: a busy port fails at once
-    model = load_any(path)
+    model = load_any(path, threads=threads)
     port = listener.getsockname()[1]  # the one the system picked for --port 0
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"charrnn: serving on {host}: anyone who can reach this machine can use it", file=sys.stderr)

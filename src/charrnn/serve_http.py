@@ -1,5 +1,5 @@
 """HTTP plumbing for `charrnn serve`, shared by its own API and the OpenAI-compatible one: errors, the
-body limit, request limits, and generation a slice at a time.
+body limit, request limits, and reading a generation from the batch (batching.py).
 
 Every error the server answers is JSON: `{"error": "..."}`, except under the OpenAI-compatible paths
 (/v1/completions, /v1/models), whose clients expect OpenAI's envelope `{"error": {"message", "type",
@@ -11,9 +11,9 @@ only when serving (it imports FastAPI).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import time
 from contextlib import aclosing
 from typing import Annotated, AsyncIterator, Callable
 
@@ -21,16 +21,12 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .errors import CharRNNError
 
 EXAMPLE = '{"prompt": "ROMEO:", "length": 100}'
 OPENAI_EXAMPLE = '{"model": "MODEL", "prompt": "ROMEO:", "max_tokens": 100}'
-
-CHUNK_SECONDS = 0.03  # generation runs in slices this long: a stream's chunk, and how soon a client leaving is noticed
-
 
 # JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
 Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
@@ -193,40 +189,24 @@ def check_limits(limits, length: int, samples: int, prompts: list[str], names: t
             raise RequestError(f"{name} is {what}; this server allows at most {limit} ({flag})", param=name.split()[0])
 
 
-async def begin(model, options: dict):
-    """Start a generation: (the prompts as shown, the iterator of the rest). Bad prompts fail here, before
-    a 200 is sent."""
-    pieces = model.stream(**options)
-    return await run_in_threadpool(next, pieces), pieces
-
-
-async def slices(pieces, request: Request) -> AsyncIterator[list[str]]:
-    """The rest of a stream, a slice of generation at a time in the threadpool; stops at the next slice
-    once the client has gone, so a request nobody waits for does not keep a core busy."""
-    state = request.app.state
-    state.active_generations += 1
+async def begin(batcher, options: dict, request: Request):
+    """Start a generation in the batch (batching.Batcher): (the prompts as shown, its Generation). Bad
+    values fail here, before a 200 is sent; while the batch is full this waits in its queue."""
+    generation = batcher.submit(options, asyncio.get_running_loop())
     try:
-        while not await request.is_disconnected():
-            chunk = await run_in_threadpool(_take, pieces, CHUNK_SECONDS)
-            if chunk is None:
-                return
+        first = await generation.first(request.is_disconnected)
+    except BaseException:
+        generation.cancel()
+        raise
+    return (first if first is not None else []), generation  # [] when the client left while waiting
+
+
+async def slices(generation, request: Request) -> AsyncIterator[list[str]]:
+    """The rest of a generation as it is produced (what arrived since the last chunk); once the client has
+    gone, or the caller stops reading, the generation leaves the batch at the next step."""
+    async with aclosing(generation.chunks(request.is_disconnected)) as chunks:
+        async for chunk in chunks:
             yield chunk
-    finally:
-        try:
-            pieces.close()
-        except ValueError:  # cancelled mid-slice: that thread finishes its slice and is not resumed
-            pass
-        state.active_generations -= 1
-
-
-def _take(pieces, seconds: float) -> list[str] | None:
-    """Collect the characters produced within `seconds` (at least one step); None when finished."""
-    chunk, deadline = None, time.perf_counter() + seconds
-    for step in pieces:
-        chunk = step if chunk is None else [a + b for a, b in zip(chunk, step)]
-        if time.perf_counter() >= deadline:
-            break
-    return chunk
 
 
 def event_stream(request: Request, events: AsyncIterator[str], failed: Callable[[Exception], str]) -> StreamingResponse:

@@ -6,9 +6,9 @@ LangChain, LiteLLM, curl recipes written for vLLM or llama.cpp's server) work un
     GET  /v1/models          {"object": "list", "data": [{"id": MODEL_ID, "object": "model", ...}]}
     GET  /v1/models/{id}     that entry, or 404 model_not_found
 
-A token is a character. The generation is /v1/generate's (serve_http.begin and slices: model.stream, its
-checks, the server's limits, a client leaving stops it), so the same seed gives the same text through
-either endpoint; only the shapes differ. Errors use OpenAI's envelope (serve_http.error). Fields that
+A token is a character. The generation is /v1/generate's (serve_http.begin and slices: the shared batch
+of batching.py, the checks of model.stream, the server's limits, a client leaving stops it), so the same
+seed gives the same text through either endpoint; only the shapes differ. Errors use OpenAI's envelope (serve_http.error). Fields that
 OpenAI clients send with their defaults (echo, best_of, logprobs, the penalties, logit_bias, suffix, user)
 are accepted as long as they ask for nothing this server does not do; otherwise a 400 says so.
 """
@@ -73,8 +73,9 @@ class Stops:
         return out
 
 
-def install(app, model, limits, model_id: str) -> None:
-    """Add the OpenAI-compatible routes to `app` (serve.create_app's), serving `model` as `model_id`."""
+def install(app, batcher, limits, model_id: str) -> None:
+    """Add the OpenAI-compatible routes to `app` (serve.create_app's), serving the model of `batcher` (a
+    batching.Batcher) as `model_id`."""
     from fastapi import Request
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -211,9 +212,9 @@ def install(app, model, limits, model_id: str) -> None:
                        seed=body.seed if body.seed is not None else secrets.randbelow(2**31))
         return options, stops
 
-    async def start(options: dict):
+    async def start(options: dict, request: Request):
         try:
-            return await begin(model, options)
+            return await begin(batcher, options, request)
         except CharRNNError as exc:  # a shared check: name the OpenAI field the client sent
             message = str(exc)
             word = message.split(" ", 1)[0]
@@ -253,7 +254,7 @@ def install(app, model, limits, model_id: str) -> None:
     async def completions(body: CompletionRequest, request: Request):
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         options, stops = options_for(body, prompts)
-        _first, pieces = await start(options)  # the prompts: not repeated (echo is false)
+        _first, generation = await start(options, request)  # the prompts: not repeated (echo is false)
         stops_at = Stops(len(prompts) * options["num_samples"], stops)
         head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
                 "model": model_id}
@@ -264,7 +265,7 @@ def install(app, model, limits, model_id: str) -> None:
             return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
         if not body.stream:
-            async with aclosing(slices(pieces, request)) as chunks:
+            async with aclosing(slices(generation, request)) as chunks:
                 async for chunk in chunks:
                     stops_at.feed(chunk)
                     if stops_at.done:  # every sample met a stop string: generate no further
@@ -280,7 +281,7 @@ def install(app, model, limits, model_id: str) -> None:
             return f"data: {json.dumps({**head, 'choices': choices, **extra}, ensure_ascii=False)}\n\n"
 
         async def events():
-            async with aclosing(slices(pieces, request)) as chunks:
+            async with aclosing(slices(generation, request)) as chunks:
                 async for chunk in chunks:
                     choices = []
                     for i, text in enumerate(stops_at.feed(chunk)):
