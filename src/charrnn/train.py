@@ -335,6 +335,14 @@ class Trainer:
             return None
         return evaluate(self.scored_model, ids, self.config.val_protocol, self.protocols)
 
+    def _validate(self) -> dict[str, float] | None:
+        """{protocol: loss}: evaluate() for the criterion (val_protocol), then val_also's others."""
+        val_loss = self.evaluate()
+        if val_loss is None:
+            return None
+        others = [p for p in also_protocols(self.config.val_also) if p != self.config.val_protocol]
+        return {self.config.val_protocol: val_loss, **(self.evaluate_protocols(others) if others else {})}
+
     def save_checkpoint(self) -> None:
         """Write latest.safetensors and the resumable trainer state, both atomically (rank 0 only)."""
         if not self.main:
@@ -406,7 +414,7 @@ class Trainer:
         steps = self.step_in_epoch
         train_loss = self.epoch_loss_sum / steps if steps else float("nan")
         # Rank 0 scores and tells the others, so every rank takes the same early-stopping decision.
-        losses = distributed.from_main(self.evaluate_protocols() if self.main else None)
+        losses = distributed.from_main(self._validate() if self.main else None)
         val_loss = None if losses is None else losses[self.config.val_protocol]
         record = {
             "kind": "epoch", "epoch": self.epoch + 1, "step": self.global_step, "complete": complete,
