@@ -111,7 +111,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         file_model, file_train = _read_config_file(args.config) if args.config else ({}, {})
         config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
-        trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
+        model = {**preset_model, **file_model, **model_fields}
+        from . import distributed
+
+        if not model and config.max_minutes > 0 and distributed.world_size() == 1:
+            # A time budget and no size: pick one for the corpus and budget (sizing.py; docs/quality.md).
+            from .sizing import pick
+
+            model = pick(config, args.data_dir, say=lambda line: print(line, file=sys.stderr, flush=True))
+        trainer = Trainer.create(run_dir, config, model, data_dir=args.data_dir)
     from .distributed import peer_errors
 
     with peer_errors():

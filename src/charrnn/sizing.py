@@ -90,3 +90,22 @@ def measure(config: TrainConfig, vocab_size: int) -> Callable[[dict], float]:
         return float(np.mean(times[1:]))
 
     return step_seconds
+
+
+def pick(config: TrainConfig, data_dir=None, say: Callable[[str], None] = print) -> dict:
+    """Model settings for `config`'s text and max_minutes, by the rule above; says what it chose and why."""
+    from .data import split
+    from .prepare import prepare
+
+    corpus = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, data_dir=data_dir,
+                     decode_errors=config.decode_errors)
+    train_chars = len(split(corpus.ids, config.val_fraction)[0])
+    say(f"no model size given: timing candidate sizes for a {config.max_minutes:g}-minute budget ...")
+    choice = choose(len(corpus.vocab), train_chars, 60 * config.max_minutes, config.batch_size * config.seq_len,
+                    measure(config, len(corpus.vocab)))
+    m = choice.model
+    say(f"chose {m['num_layers']} x {m['hidden_size']} (embedding {m['embedding_size']}, dropout {m['dropout']}; "
+        f"{choice.parameters:,} parameters): {1000 * choice.step_seconds:.0f} ms/step here -> ~{choice.chars_seen:,.0f} "
+        f"characters seen in the budget, {train_chars:,} training characters; stopped because {choice.reason} "
+        "(rule: docs/quality.md; give --hidden/--layers to choose yourself)")
+    return m
