@@ -153,9 +153,10 @@ def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_trainer_state(path: Path, model: CharRNN | None = None) -> dict[str, Any]:
+def load_trainer_state(path: Path, model: CharRNN | None = None, optimizer_order: list[str] | None = None) -> dict[str, Any]:
     """The resumable state, checked: plain fields by schema, weights against `model` (when given) and
-    their SHA-256, Adam's moments against the weights' shapes."""
+    their SHA-256, Adam's moments against the weights' shapes. `optimizer_order`: the parameter names in
+    the optimizer's order (regularize.parameter_order; default the model's own order)."""
     path = Path(path)
     fix = (f"delete {path.name} to restart this run from step 0 (charrnn train --resume {path.parent}), "
            "or restore it from a backup")
@@ -184,8 +185,17 @@ def load_trainer_state(path: Path, model: CharRNN | None = None) -> dict[str, An
             k for k in expected if weights[k].shape != expected[k].shape or weights[k].dtype != expected[k].dtype]
         if wrong:
             raise CharRNNError(f"{path} does not fit the model in config.json (tensor {wrong[0]}); {fix}")
-        _check_optimizer(info.optimizer, [expected[k] for k in expected], path, fix)
+        _check_optimizer(info.optimizer, [expected[k] for k in (optimizer_order or expected)], path, fix)
     return state
+
+
+def carried_state(state: dict[str, Any], model: CharRNN, batch_size: int) -> torch.Tensor:
+    """The stateful trainer's carried recurrent state, checked against the model and batch size."""
+    carried = state.get("carried")
+    expected = tuple(model.initial_state(batch_size, "cpu").shape)
+    if not isinstance(carried, torch.Tensor) or tuple(carried.shape) != expected or carried.dtype != torch.float32:
+        raise ValueError(f"its carried recurrent state is not a float32 tensor of shape {list(expected)}")
+    return carried
 
 
 def _check_optimizer(optimizer: dict[str, Any], params: list[torch.Tensor], path: Path, fix: str) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import CELLS, DECODE_ERRORS, DEVICES, LR_SCHEDULES, PRECISIONS, TENSORBOARD, ModelConfig, TrainConfig, from_dict
+from .config import CELLS, DECODE_ERRORS, DEVICES, LR_SCHEDULES, PRECISIONS, PROTOCOLS, TENSORBOARD, ModelConfig, TrainConfig, from_dict
 from .errors import CharRNNError
 from .presets import PRESETS, preset
 
@@ -47,6 +47,15 @@ def _train_flags(parser: argparse.ArgumentParser) -> None:
                    help="TensorBoard event files in the run directory: on, off, or auto (default: on when tensorboard is installed)")
     g.add_argument("--init-from", metavar="RUN", default=S,
                    help="fine-tune: start from this run's (or imported model's) weights and shape; new characters are appended")
+    g = parser.add_argument_group("stateful training, regularisation and validation (docs/quality.md)")
+    g.add_argument("--stateful", action=argparse.BooleanOptionalAction, default=S,
+                   help="truncated BPTT: batch_size contiguous streams, state carried between batches (default off: state reset per sequence)")
+    g.add_argument("--weight-decay", type=float, default=S, help="AdamW decoupled weight decay on weight matrices (default 0 = Adam)")
+    g.add_argument("--ema", type=float, default=S, help="decay of the weight average used for validation and saved weights, e.g. 0.999 (default 0 = off)")
+    g.add_argument("--val-protocol", choices=PROTOCOLS, default=S, help=f"what val loss (best, --patience) measures (default {d.val_protocol})")
+    g.add_argument("--val-also", default=S, help="more protocols scored each epoch for the record: comma-separated or all (default none)")
+    g.add_argument("--eval-windows", type=int, default=S, help=f"windows protocol: windows scored (default {d.eval_windows:,} = nanoGPT's 200 x 64)")
+    g.add_argument("--eval-window-len", type=int, default=S, help=f"windows protocol: characters per window (default {d.eval_window_len})")
 
 
 def _model_flags(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +66,8 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden", dest="hidden_size", type=int, default=S, help=f"units per layer (default {d.hidden_size})")
     g.add_argument("--embedding", dest="embedding_size", type=int, default=S, help=f"embedding width (default {d.embedding_size})")
     g.add_argument("--dropout", type=float, default=S, help="dropout between layers and before the output (default 0)")
+    g.add_argument("--weight-drop", type=float, default=S, help="DropConnect on hidden-to-hidden weights, training only (default 0)")
+    g.add_argument("--embedding-dropout", type=float, default=S, help="drop whole characters' embeddings, training only (default 0)")
 
 
 def _fields(cls, args: argparse.Namespace) -> dict[str, Any]:
@@ -102,7 +113,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         file_model, file_train = _read_config_file(args.config) if args.config else ({}, {})
         config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
-        trainer = Trainer.create(run_dir, config, {**preset_model, **file_model, **model_fields}, data_dir=args.data_dir)
+        model = {**preset_model, **file_model, **model_fields}
+        from . import distributed
+
+        if not model and config.max_minutes > 0 and distributed.world_size() == 1:
+            # A time budget and no size: pick one for the corpus and budget (sizing.py; docs/quality.md).
+            from .sizing import pick
+
+            model = pick(config, args.data_dir, say=lambda line: print(line, file=sys.stderr, flush=True))
+        trainer = Trainer.create(run_dir, config, model, data_dir=args.data_dir)
     from .distributed import peer_errors
 
     with peer_errors():
@@ -166,9 +185,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model = load(args.run, checkpoint=args.checkpoint, device=args.device)
     corpus = load_text(args.text, encoding=args.encoding, data_dir=args.data_dir)
-    result = model.evaluate(corpus.text, drop_unknown=args.drop_unknown)
-    print(f"{corpus.source}: {result['chars']:,} characters, loss {result['loss']:.4f} nats/char, "
-          f"{result['bits_per_char']:.4f} bits/char")
+    protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
+    for protocol in protocols:
+        result = model.evaluate(corpus.text, drop_unknown=args.drop_unknown, protocol=protocol, windows=args.windows,
+                                window_len=args.window_len)
+        print(f"{corpus.source}: {result['chars']:,} characters, {protocol:<8} loss {result['loss']:.4f} nats/char, "
+              f"{result['bits_per_char']:.4f} bits/char", flush=True)
     return 0
 
 
@@ -272,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "latest"))
     p.add_argument("--drop-unknown", action="store_true", help="skip characters the model never saw")
     p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--protocol", choices=(*PROTOCOLS, "all"), default="chunks",
+                   help="chunks (default: state reset every seq_len), stateful (streamed once), windows (nanoGPT's), or all")
+    p.add_argument("--windows", type=int, default=12_800, help="windows protocol: windows scored (default 12,800 = 200 x 64)")
+    p.add_argument("--window-len", type=int, default=256, help="windows protocol: characters per window (default 256)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("import", help="turn a TensorFlow tutorial model into a run",

@@ -16,6 +16,7 @@ LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 DECODE_ERRORS = ("fail", "skip", "replace")
 TENSORBOARD = ("auto", "on", "off")
+PROTOCOLS = ("chunks", "stateful", "windows")  # evaluation protocols: see evaluation.py
 MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
 
 
@@ -47,6 +48,8 @@ class ModelConfig:
     cell: str = "gru"  # recurrent cell: gru, lstm or rnn (tanh)
     dropout: float = 0.0  # dropout between recurrent layers and before the output layer (for a GRU
     #                        on CPU, one mask per sequence shared across time steps: locked dropout)
+    weight_drop: float = 0.0  # DropConnect on the hidden-to-hidden weights: one mask per batch, training only
+    embedding_dropout: float = 0.0  # drop whole characters' embedding rows (scaled), one mask per batch, training only
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -55,8 +58,9 @@ class ModelConfig:
                 raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.cell not in CELLS:
             raise CharRNNError(f"cell must be one of {', '.join(CELLS)}; got {self.cell!r}")
-        if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
-            raise CharRNNError(f"dropout must be in [0, 1); got {self.dropout}")
+        for name in ("dropout", "weight_drop", "embedding_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:  # NaN fails this too
+                raise CharRNNError(f"{name} must be in [0, 1); got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,17 @@ class TrainConfig:
     #                            tensorboard package is installed)
     init_from: str = ""  # a run directory (or an imported model) whose weights this run starts from, with its
     #                      vocabulary extended by the text's new characters; "" = fresh weights
+    stateful: bool = False  # truncated BPTT: the text as batch_size contiguous streams, each batch continuing
+    #                         the last, the state carried (detached) between batches; False = the tutorial's
+    #                         shuffled chunks with the state reset every sequence
+    weight_decay: float = 0.0  # decoupled weight decay (AdamW) on the weight matrices; biases and the
+    #                            embedding are not decayed; 0 = plain Adam
+    ema: float = 0.0  # decay of an exponential moving average of the weights, updated every step; validation,
+    #                   best.safetensors and latest.safetensors use the average; 0 = off (e.g. 0.999)
+    val_protocol: str = "chunks"  # what val_loss (best checkpoint, --patience) measures: chunks, stateful or windows
+    val_also: str = ""  # more protocols scored every epoch, for the record: comma-separated, or "all"
+    eval_windows: int = 12_800  # windows protocol: random windows scored (nanoGPT: 200 x 64)
+    eval_window_len: int = 256  # windows protocol: characters per window (nanoGPT's block size)
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -120,8 +135,28 @@ class TrainConfig:
             raise CharRNNError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
         if self.decode_errors not in DECODE_ERRORS:
             raise CharRNNError(f"decode_errors must be one of {', '.join(DECODE_ERRORS)}; got {self.decode_errors!r}")
+        for name in ("weight_decay", "ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise CharRNNError(f"{name} must be in [0, 1); got {getattr(self, name)}")
+        if self.val_protocol not in PROTOCOLS:
+            raise CharRNNError(f"val_protocol must be one of {', '.join(PROTOCOLS)}; got {self.val_protocol!r}")
+        also_protocols(self.val_also)  # validates
+        for name in ("eval_windows", "eval_window_len"):
+            if getattr(self, name) < 1:
+                raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.eval_chars < 0:  # an int: _check_types said so
             raise CharRNNError(f"eval_chars must be a non-negative integer (0 = the whole split); got {self.eval_chars!r}")
+
+
+def also_protocols(text: str) -> tuple[str, ...]:
+    """The protocols named by val_also ("", "all", or a comma-separated list)."""
+    if text.strip() == "all":
+        return PROTOCOLS
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    for name in names:
+        if name not in PROTOCOLS:
+            raise CharRNNError(f"val_also: unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)} or all")
+    return names
 
 
 T = TypeVar("T")

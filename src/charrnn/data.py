@@ -98,3 +98,49 @@ def eval_sample(ids: np.ndarray, max_chars: int, seq_len: int) -> np.ndarray:
     count = max_chars // window
     starts = np.linspace(0, len(ids) - window, count).astype(np.int64)  # (count,)
     return np.ascontiguousarray(ids[starts[:, None] + np.arange(window)]).reshape(-1)  # (count * window,)
+
+
+@dataclass
+class Streams:
+    """Stateful training batches, as karpathy/char-rnn and torch-rnn lay them out: the text is cut into
+    `batch_size` contiguous streams, and batch s holds characters [s * seq_len, (s + 1) * seq_len) of
+    every stream, so row b of one batch continues exactly where row b of the previous batch stopped and
+    the recurrent state can be carried across. Each epoch starts the streams at a random offset in
+    [0, seq_len) (a pure function of (seed, epoch), like Batches' shuffle), so chunk boundaries move."""
+
+    ids: np.ndarray
+    batch_size: int
+    seq_len: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.seq_len < 1:
+            raise CharRNNError("--batch-size and --seq-len must be at least 1")
+        # seq_len characters are kept back for the largest offset; +1 per stream for the last target.
+        self.stream_len = (len(self.ids) - self.seq_len) // self.batch_size
+        if len(self) < 1:
+            need = self.batch_size * (self.seq_len + 1) + self.seq_len
+            raise CharRNNError(
+                f"the training text ({len(self.ids):,} characters) is too short for {self.batch_size} streams of "
+                f"at least {self.seq_len + 1} characters ({need:,} in all); lower --batch-size or --seq-len, or give more text")
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return max(0, (self.stream_len - 1) // self.seq_len)
+
+    def offset(self, epoch: int) -> int:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return int(torch.randint(self.seq_len, (1,), generator=generator))
+
+    def starts(self, epoch: int) -> np.ndarray:
+        """(batch,) index of each stream's first character in `ids` for `epoch`."""
+        return self.offset(epoch) + np.arange(self.batch_size, dtype=np.int64) * self.stream_len
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yields (inputs, targets), each (batch, seq_len) int64, from step `start` of `epoch`."""
+        starts = self.starts(epoch)
+        columns = np.arange(self.seq_len + 1, dtype=np.int64)  # (seq_len + 1,)
+        for step in range(start, len(self)):
+            rows = self.ids[(starts + step * self.seq_len)[:, None] + columns]  # (batch, seq_len + 1)
+            batch = torch.from_numpy(rows.astype(np.int64))
+            yield batch[:, :-1], batch[:, 1:]

@@ -101,6 +101,8 @@ class TrainerStateInfo(BaseModel):
     rng: Any
     cuda_rng: Any = None
     model_sha256: str | None = None  # of the weights in `model`; absent in states written before it was
+    carried: Any = None  # stateful training: the recurrent state carried into the next batch (mid-epoch only)
+    average: Any = None  # ema > 0: {"updates": tensor, "weights": name -> tensor}, the weight average
 
 
 def _problems(exc: ValidationError) -> str:

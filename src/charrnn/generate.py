@@ -17,8 +17,9 @@ from .checkpoint import load_run, read_metrics
 from .config import ModelConfig, TrainConfig
 from .errors import CharRNNError
 from . import decoding
-from .model import (CharRNN, Stepper, bf16_native, count_parameters, evaluate_loss, precision_name, resolve_device,
-                    resolve_precision)
+from . import evaluation
+from .evaluation import Protocols
+from .model import CharRNN, Stepper, bf16_native, count_parameters, precision_name, resolve_device, resolve_precision
 from .vocab import Vocab
 
 # With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
@@ -90,14 +91,17 @@ class CharModel:
         return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def evaluate(self, text: str, drop_unknown: bool = False, seq_len: int | None = None, batch_size: int = 64) -> dict[str, float]:
-        """Mean cross-entropy of `text` in nats/char and bits/char, chunked as in training."""
+    def evaluate(self, text: str, drop_unknown: bool = False, seq_len: int | None = None, batch_size: int = 64,
+                 protocol: str = "chunks", windows: int = 12_800, window_len: int = 256) -> dict[str, float]:
+        """Mean cross-entropy of `text` in nats/char and bits/char under `protocol` (evaluation.py):
+        chunks (of the run's seq_len, state reset per chunk), stateful or windows."""
         ids = self.vocab.encode(text, drop_unknown=drop_unknown)
         if len(ids) < 2:
             raise CharRNNError("the evaluation text needs at least two known characters")
         seq_len = seq_len or (self.train_config.seq_len if self.train_config else 100)
-        loss = evaluate_loss(self.model, ids, seq_len, batch_size)
-        return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids))}
+        settings = Protocols(seq_len=seq_len, batch_size=batch_size, windows=windows, window_len=window_len)
+        loss = evaluation.evaluate(self.model, ids, protocol, settings)
+        return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids)), "protocol": protocol}
 
 
 class TorchBackend:

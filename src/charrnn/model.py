@@ -112,11 +112,29 @@ class CharRNN(nn.Module):
         """(w_ih, w_hh, b_ih, b_hh) of one recurrent layer."""
         return tuple(getattr(self.rnn, f"{kind}_l{layer}") for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
 
-    def input_table(self) -> torch.Tensor:
+    def input_table(self, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """The first layer's input projection of every character, (vocab, 3H) fp32: the embedding folded
-        into it. Training (for large batches) and generation both use this one computation."""
+        into it. Training (for large batches) and generation both use this one computation. `embedding`
+        (vocab, E) replaces the embedding weights (training passes them with embedding dropout applied)."""
         w_ih, _, b_ih, _ = self.layer_weights(0)
-        return torch.addmm(b_ih, self.embedding.weight, w_ih.t())
+        return torch.addmm(b_ih, self.embedding.weight if embedding is None else embedding, w_ih.t())
+
+    def _embedding_weights(self) -> torch.Tensor:
+        """(vocab, E): in training with embedding_dropout, whole characters' rows dropped and the rest
+        scaled by 1/keep, one mask per batch (Gal & Ghahramani; AWD-LSTM's embedded_dropout)."""
+        weight, p = self.embedding.weight, self.config.embedding_dropout
+        if not self.training or p == 0:
+            return weight
+        return weight * weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p).div_(1 - p)
+
+    def _recurrent_weights(self, w_hh: torch.Tensor) -> torch.Tensor:
+        """(3H, H) hidden-to-hidden weights; in training with weight_drop, DropConnect: each weight
+        zeroed with probability weight_drop (the rest scaled), one mask per batch shared by every time
+        step (AWD-LSTM's WeightDrop). The mask multiplies the parameter, so gradients reach it masked."""
+        p = self.config.weight_drop
+        if not self.training or p == 0:
+            return w_hh
+        return w_hh * w_hh.new_empty(w_hh.shape).bernoulli_(1 - p).div_(1 - p)
 
     def folds_embedding(self, tokens: int) -> bool:
         # The folded table costs vocab x embedding x 3H; the direct projection tokens x embedding x 3H.
@@ -130,13 +148,14 @@ class CharRNN(nn.Module):
             return self._gru_forward(ids, state, dtype)
         low = dtype == torch.bfloat16
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=low):
-            x = self.embedding(ids)  # (batch, time, embedding)
+            x = F.embedding(ids, self._embedding_weights())  # (batch, time, embedding)
+            rnn = self._rnn_with_dropped_weights()
             if self.config.cell == "lstm":
                 hc = None if state is None else tuple(s.contiguous() for s in state.chunk(2, dim=0))
-                y, (h, c) = self.rnn(x, hc)
+                y, (h, c) = rnn(x, hc)
                 new_state = torch.cat([h, c], dim=0)
             else:
-                y, new_state = self.rnn(x, state)  # y: (batch, time, hidden)
+                y, new_state = rnn(x, state)  # y: (batch, time, hidden)
             logits = self.dense(self.dropout(y))  # (batch, time, vocab)
         return logits.float(), new_state.float()
 
@@ -147,13 +166,16 @@ class CharRNN(nn.Module):
         if not (torch.is_grad_enabled() or self.training) and kernels.usable(state, dtype):
             return self._packed_forward(ids, state, dtype)
         time_major = ids.t()  # (time, batch): the recurrence walks time, so keep each step contiguous
+        embedding = self._embedding_weights()  # (vocab, E), rows dropped in training
         x, finals = None, []
         for layer in range(self.config.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
+            w_hh = self._recurrent_weights(w_hh)  # gru_sequence takes it as a tensor: the mask's gradient flows
             if layer == 0 and self.folds_embedding(batch * steps):
-                x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=self.input_table())
+                table = self.input_table(embedding)
+                x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=table)
             else:
-                inputs = self.embedding(time_major) if layer == 0 else self._locked_dropout(x)
+                inputs = F.embedding(time_major, embedding) if layer == 0 else self._locked_dropout(x)
                 # Outside training the first layer's projection stays fp32, like the folded table that
                 # generation steps with, so priming and stepping compute the same inputs.
                 low = dtype if layer or torch.is_grad_enabled() else torch.float32
@@ -189,6 +211,14 @@ class CharRNN(nn.Module):
             finals.append(final)
         logits = weights.output(x.reshape(steps * batch, -1)).view(steps, batch, -1)
         return logits.transpose(0, 1), torch.stack(finals)  # (batch, time, vocab)
+
+    def _rnn_with_dropped_weights(self):
+        """self.rnn, or (training with weight_drop) a call of it with every layer's weight_hh masked:
+        torch.func.functional_call swaps the masked tensors in for this call only."""
+        if not self.training or self.config.weight_drop == 0:
+            return self.rnn
+        dropped = {f"weight_hh_l{k}": self._recurrent_weights(self.layer_weights(k)[1]) for k in range(self.config.num_layers)}
+        return lambda *args: torch.func.functional_call(self.rnn, dropped, args)
 
     def _locked_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Dropout with one mask per sequence and unit, shared by every time step (x: (time, batch, H)).

@@ -28,11 +28,14 @@ from . import checkpoint as ckpt
 from . import distributed
 from . import finetune
 from .config import ModelConfig, TrainConfig
+from . import regularize
+from .config import ModelConfig, TrainConfig, also_protocols
 from .corpus import BUILTINS, looks_like_url
-from .data import Batches, eval_sample, split
+from .data import Batches, Streams, eval_sample, split
+from .evaluation import Protocols, evaluate
 from .errors import CharRNNError, WriteError
 from .files import DirectoryLock, append_text, atomic_write_text, remove_stale_temporaries
-from .model import CharRNN, evaluate_loss, precision_name, resolve_device, resolve_precision, summary
+from .model import CharRNN, precision_name, resolve_device, resolve_precision, summary
 from .plot import plot_losses
 from .prepare import prepare
 from .tblog import EventLog
@@ -98,13 +101,23 @@ class Trainer:
         self.model = model.to(self.device)
         self.model.compute_dtype = resolve_precision(config.precision, self.device)
         self.precision = precision_name(self.model.compute_dtype)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = regularize.optimizer(self.model, config)
+        # The weight average (ema > 0): what validation scores and the weight files hold.
+        self.average = regularize.WeightAverage(self.model, config.ema) if config.ema else None
+        if config.stateful and distributed.world_size() > 1:
+            raise CharRNNError("--stateful does not combine with several processes (--nproc/torchrun) yet; train it in one process")
         self.ddp = distributed.wrap(self.model, self.device)  # what training steps call: DDP when N > 1
         self.shard = distributed.shard(config.batch_size)  # this rank's rows of each global batch
         self.main = distributed.is_main()  # only rank 0 writes the run directory and progress
-        self.batches = Batches(train_ids, config.batch_size, config.seq_len, config.seed)
+        self.batches = (Streams if config.stateful else Batches)(train_ids, config.batch_size, config.seq_len, config.seed)
+        self.carried: torch.Tensor | None = None  # stateful: the state at the end of the last batch, detached
         self.val_ids = val_ids
+        # chunks scores a fixed sample of at most eval_chars characters spread over the split; stateful
+        # the split's first eval_chars characters (a stream must be contiguous); windows draws its
+        # windows from the whole split (its cost is set by eval_windows, not by the split's size).
         self.eval_ids = eval_sample(val_ids, config.eval_chars, config.seq_len)  # what evaluate() scores
+        self.protocols = Protocols(seq_len=config.seq_len, batch_size=config.batch_size, windows=config.eval_windows,
+                                   window_len=config.eval_window_len)
         if len(val_ids) and len(val_ids) < 2:
             raise CharRNNError("the validation part is too short to score; raise --val-fraction or set it to 0")
         self.callbacks = list(callbacks)
@@ -200,11 +213,11 @@ class Trainer:
                **overrides: Any) -> "Trainer":
         """Continue a run exactly where its last checkpoint left it. Only the stopping criteria and the
         housekeeping may change: epochs, max_steps, max_minutes, patience, device, precision,
-        checkpoint_every, log_every, tensorboard."""
+        checkpoint_every, log_every, tensorboard, val_also."""
         run_dir = Path(run_dir)
         model_config, config, corpus_info = ckpt.load_config(run_dir)
         allowed = {"epochs", "max_steps", "max_minutes", "patience", "device", "precision", "checkpoint_every", "log_every",
-                   "tensorboard"}
+                   "tensorboard", "val_also"}
         changed = sorted(k for k, v in overrides.items() if getattr(config, k, object()) != v and k not in allowed)
         if changed:
             raise CharRNNError(f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(allowed))} may change")
@@ -254,7 +267,7 @@ class Trainer:
             trainer._say(f"{run_dir} stopped before its first checkpoint: starting it again from step 0")
             return trainer
         model = CharRNN(model_config)
-        state = ckpt.load_trainer_state(state_path, model)
+        state = ckpt.load_trainer_state(state_path, model, regularize.parameter_order(model, config))
         model.load_state_dict(state["model"])
         trainer = cls(run_dir, model, vocab, train_ids, val_ids, config, callbacks, out)
         fix = f"delete {state_path.name} to restart this run from step 0, or restore it from a backup"
@@ -268,6 +281,15 @@ class Trainer:
             raise CharRNNError(f"{state_path} is damaged ({str(exc).splitlines()[0]}); {fix}") from None
         for name in ("epoch", "step_in_epoch", "global_step", "epoch_loss_sum", "best_val_loss", "bad_epochs", "elapsed"):
             setattr(trainer, name, state[name])
+        try:
+            if config.stateful and trainer.step_in_epoch:
+                trainer.carried = ckpt.carried_state(state, model, config.batch_size).to(trainer.device)
+            if trainer.average is not None:
+                if state.get("average") is None:
+                    raise ValueError("no weight average saved, though the run has ema > 0")
+                trainer.average.load_state_dict(state["average"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CharRNNError(f"{state_path} is damaged ({str(exc).splitlines()[0]}); {fix}") from None
         if trainer.step_in_epoch > len(trainer.batches):
             raise CharRNNError(f"{state_path} is damaged (step {trainer.step_in_epoch} of an epoch of {len(trainer.batches)}); {fix}")
         trainer.checkpoint_step = trainer.global_step
@@ -294,22 +316,57 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        logits, _ = self.ddp(inputs.to(self.device))  # (batch, time, vocab)
+        # Stateful: the first batch of an epoch starts from zeros (the streams moved), later ones carry on.
+        state = self.carried if self.config.stateful and self.step_in_epoch else None
+        logits, new_state = self.ddp(inputs.to(self.device), state)  # (batch, time, vocab)
+        if self.config.stateful:
+            self.carried = new_state.detach()  # truncated BPTT: no gradient into the previous batch
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().to(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         return distributed.mean(loss)
+
+    @property
+    def scored_model(self) -> CharRNN:
+        """The weights validation scores and the weight files hold: the average when ema > 0."""
+        return self.model if self.average is None else self.average.module
+
+    def evaluate_protocols(self, protocols=None) -> dict[str, float] | None:
+        """{protocol: validation loss in nats/char} (None without a validation split); by default
+        val_protocol first, then val_also's."""
+        if len(self.val_ids) < 2:
+            return None
+        names = protocols or dict.fromkeys([self.config.val_protocol, *also_protocols(self.config.val_also)])
+        result = {}
+        for name in names:
+            ids = {"chunks": self.eval_ids, "windows": self.val_ids}.get(name)
+            if ids is None:  # stateful: a contiguous stretch
+                ids = self.val_ids[: self.config.eval_chars] if self.config.eval_chars else self.val_ids
+            result[name] = evaluate(self.scored_model, ids, name, self.protocols)
+        return result
 
     def evaluate(self, ids: np.ndarray | None = None) -> float | None:
         """Validation loss in nats/char (None when the run has no validation split): on the fixed
         sample of at most `eval_chars` characters unless `ids` are given."""
-        ids = self.eval_ids if ids is None else ids
+        if ids is None:
+            losses = self.evaluate_protocols([self.config.val_protocol])
+            return None if losses is None else losses[self.config.val_protocol]
         if len(ids) < 2:
             return None
-        return evaluate_loss(self.model, ids, self.config.seq_len, self.config.batch_size)
+        return evaluate(self.scored_model, ids, self.config.val_protocol, self.protocols)
+
+    def _validate(self) -> dict[str, float] | None:
+        """{protocol: loss}: evaluate() for the criterion (val_protocol), then val_also's others."""
+        val_loss = self.evaluate()
+        if val_loss is None:
+            return None
+        others = [p for p in also_protocols(self.config.val_also) if p != self.config.val_protocol]
+        return {self.config.val_protocol: val_loss, **(self.evaluate_protocols(others) if others else {})}
 
     def save_checkpoint(self) -> None:
         """Write latest.safetensors and the resumable trainer state, both atomically (rank 0 only)."""
@@ -322,12 +379,16 @@ class Trainer:
             "epoch_loss_sum": self.epoch_loss_sum, "best_val_loss": self.best_val_loss, "bad_epochs": self.bad_epochs,
             "elapsed": self.elapsed, "rng": torch.get_rng_state(),
         }
+        if self.carried is not None:
+            state["carried"] = self.carried.detach().cpu().clone()
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         self._ensure_lock()
         ckpt.save_trainer_state(self.run_dir / ckpt.TRAINER_STATE, state)
         self.checkpoint_step = self.global_step  # what --resume starts from, even if the next write fails
-        ckpt.save_weights(self.run_dir / ckpt.LATEST, self.model, epoch=self.epoch, step=self.global_step)
+        ckpt.save_weights(self.run_dir / ckpt.LATEST, self.scored_model, epoch=self.epoch, step=self.global_step)
 
     def _ensure_lock(self) -> None:
         if not self.main:
@@ -378,10 +439,12 @@ class Trainer:
         steps = self.step_in_epoch
         train_loss = self.epoch_loss_sum / steps if steps else float("nan")
         # Rank 0 scores and tells the others, so every rank takes the same early-stopping decision.
-        val_loss = distributed.from_main(self.evaluate() if self.main else None)
+        losses = distributed.from_main(self._validate() if self.main else None)
+        val_loss = None if losses is None else losses[self.config.val_protocol]
         record = {
             "kind": "epoch", "epoch": self.epoch + 1, "step": self.global_step, "complete": complete,
-            "train_loss": train_loss, "val_loss": val_loss,
+            "train_loss": train_loss, "val_loss": val_loss, "val_protocol": self.config.val_protocol,
+            "val_losses": losses,
             "val_bits_per_char": None if val_loss is None else val_loss / math.log(2),
             "seconds": seconds, "ms_per_step": 1000 * seconds / max(1, steps), "precision": self.precision,
             "elapsed": None, "lr": self.learning_rate(), "val_chars_scored": int(len(self.eval_ids)),
@@ -390,7 +453,8 @@ class Trainer:
         if improved:
             self.best_val_loss, self.bad_epochs = val_loss, 0
             if self.main:
-                ckpt.save_weights(self.run_dir / ckpt.BEST, self.model, epoch=self.epoch + 1, step=self.global_step, val_loss=val_loss)
+                ckpt.save_weights(self.run_dir / ckpt.BEST, self.scored_model, epoch=self.epoch + 1, step=self.global_step,
+                                  val_loss=val_loss, val_protocol=self.config.val_protocol)
         elif val_loss is not None and complete:
             self.bad_epochs += 1
         if complete:
@@ -400,7 +464,9 @@ class Trainer:
         self.save_checkpoint()
         if self.main:
             plot_losses(ckpt.read_metrics(self.run_dir), self.run_dir / ckpt.PLOT)
-        val_text = "" if val_loss is None else f", val loss {val_loss:.4f} ({val_loss / math.log(2):.3f} bits/char)"
+        val_text = "" if val_loss is None else (
+            f", val loss {val_loss:.4f} ({val_loss / math.log(2):.3f} bits/char, {self.config.val_protocol})"
+            + "".join(f", {name} {loss:.4f}" for name, loss in losses.items() if name != self.config.val_protocol))
         self._say(f"epoch {record['epoch']}{'' if complete else ' (partial)'}: train loss {train_loss:.4f}{val_text}, "
                   f"{seconds:.1f} s ({record['ms_per_step']:.0f} ms/step)" + (" *best*" if improved else ""))
         for callback in self.callbacks:
