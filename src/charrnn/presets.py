@@ -28,17 +28,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # -windows:  state reset per 256-character sequence, exactly the windows protocol's situation, judged
     #            by chunks of 256 (the windows protocol without its random draw, 30x cheaper per epoch).
     #            Use it for the nanoGPT comparison.
-    # Figures: bench/quality.py (README "Learning speed"); epochs are planned for ~1 min per epoch.
+    # Figures: bench/quality.py (README "Learning speed"). Epochs are planned for the cosine schedule to end
+    # with the 30 minutes on a 2-core AVX512-BF16 CPU without AMX (~2 min per epoch, 2026-11-22); on a
+    # faster machine the run ends early at epoch 14, with a checkpoint.
     "shakespeare-30min-stateful": {
         "model": {"num_layers": 2, "hidden_size": 512, "embedding_size": 128, "dropout": 0.25, "weight_drop": 0.3,
                   "embedding_dropout": 0.1},
-        "train": {"stateful": True, "lr": 2e-3, "lr_schedule": "cosine", "epochs": 30, "max_minutes": 30.0, "clip": 1.0,
+        "train": {"stateful": True, "lr": 2e-3, "lr_schedule": "cosine", "epochs": 14, "max_minutes": 30.0, "clip": 1.0,
                   "weight_decay": 0.1, "ema": 0.999, "val_protocol": "stateful", "patience": 5},
     },
     "shakespeare-30min-windows": {
         "model": {"num_layers": 2, "hidden_size": 512, "embedding_size": 128, "dropout": 0.25, "weight_drop": 0.3,
                   "embedding_dropout": 0.1},
-        "train": {"batch_size": 32, "seq_len": 256, "lr": 2e-3, "lr_schedule": "cosine", "epochs": 30, "max_minutes": 30.0,
+        "train": {"batch_size": 32, "seq_len": 256, "lr": 2e-3, "lr_schedule": "cosine", "epochs": 14, "max_minutes": 30.0,
                   "clip": 1.0, "weight_decay": 0.1, "ema": 0.999, "val_protocol": "chunks", "patience": 5},
     },
 }
