@@ -3,11 +3,15 @@
     python bench/speed.py                    # ours (every precision) and the peer, 30 timed steps each
     python bench/speed.py --steps 60 --skip-peer
     python bench/speed.py --learning-check   # also: one epoch fp32 vs bf16 from the same seed
+    python bench/speed.py --skip-train --peer-python /path/to/tf-venv/bin/python   # generation only, TF elsewhere
 
 Each measurement runs in its own process (so peak RSS is that job's alone) on Shakespeare with the
 tutorial's shapes: embedding 256, GRU 1024, batch 64 x sequence 100, Adam. Training figures are the
 median step time after warm-up steps; generation figures are the median of repeated runs with the model
-already loaded. The peer needs `pip install -e .[bench]` (tensorflow-cpu); without it, it is skipped.
+already loaded. The peer needs tensorflow-cpu (`pip install -e .[bench]`, or a separate venv given with
+--peer-python: it imports only numpy, tensorflow and charrnn's torch-free corpus module); without it,
+it is skipped. Also measured: one model step by precision and batch size (and which precision `auto`
+picks), and the time from starting `charrnn generate` to its first generated character.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def worker_steps_ours(args) -> dict:
 
     from charrnn.model import Stepper
 
-    model = tutorial_model("fp32")
+    model = tutorial_model("auto")
     out = {}
     for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         for batch in STEP_BATCHES:
@@ -210,8 +214,8 @@ WORKERS = {"train-ours": worker_train_ours, "generate-ours": worker_generate_our
            "first-char": worker_first_char}
 
 
-def run_worker(name: str, args, **extra) -> dict | None:
-    command = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+def run_worker(name: str, args, python: str | None = None, **extra) -> dict | None:
+    command = [python or sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--chars", str(args.chars), "--repeats", str(args.repeats), "--seed", str(args.seed)]
     for key, value in extra.items():
         command += [f"--{key}", str(value)]
@@ -222,8 +226,8 @@ def run_worker(name: str, args, **extra) -> dict | None:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def peer_available() -> bool:
-    return subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True).returncode == 0
+def peer_available(python: str) -> bool:
+    return subprocess.run([python, "-c", "import tensorflow"], capture_output=True).returncode == 0
 
 
 def main() -> None:
@@ -234,6 +238,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed generations per batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peer", action="store_true", help="measure charrnn only")
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="the Python that runs the TensorFlow peer (a venv with tensorflow-cpu; default: this one)")
     parser.add_argument("--learning-check", action="store_true", help="also train one epoch in fp32 and bf16")
     parser.add_argument("--skip-train", action="store_true", help="measure generation only")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -251,16 +257,16 @@ def main() -> None:
     from charrnn.model import bf16_native
 
     precisions = ["fp32"] + (["bf16"] if bf16_native(torch.device("cpu")) else [])
-    peer = not args.skip_peer and peer_available()
+    peer = not args.skip_peer and peer_available(args.peer_python)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print(f"command: python bench/speed.py {' '.join(sys.argv[1:])}".rstrip())
     rows = []
     train = not args.skip_train
     ours = {p: run_worker("train-ours", args, precision=p) if train else None for p in precisions}
-    theirs = run_worker("train-peer", args) if peer and train else None
+    theirs = run_worker("train-peer", args, args.peer_python) if peer and train else None
     gen_by_precision = {p: run_worker("generate-ours", args, precision=p) for p in ["auto", *precisions]}
     gen_ours = gen_by_precision["auto"]
-    gen_theirs = run_worker("generate-peer", args) if peer else None
+    gen_theirs = run_worker("generate-peer", args, args.peer_python) if peer else None
     steps = run_worker("steps-ours", args)
     first_char = run_worker("first-char", args)
 
