@@ -97,3 +97,24 @@ def test_model_config_from_any_json_is_a_config_or_one_error(data):
         return
     assert isinstance(config.vocab_size, int) and not isinstance(config.vocab_size, bool) and config.vocab_size >= 1
     assert config.cell in ("gru", "lstm", "rnn") and 0 <= config.dropout < 1
+
+
+block_settings = st.tuples(st.integers(1, 4), st.integers(0, 2**32),
+                           st.sampled_from([0.0, 1.0, 0.7, 1.3, 1e-250]), st.sampled_from([0, 0, 3]),
+                           st.sampled_from([1.0, 1.0, 0.9]))
+
+
+@FAST
+@given(st.lists(block_settings, min_size=1, max_size=6), st.integers(2, 70), st.integers(0, 2**32))
+def test_sampling_many_blocks_at_once_equals_sampling_each_alone(blocks, vocab, seed):
+    """The server samples all requests' rows in one call; each request must get what it gets alone."""
+    from charrnn.sampling import sample_rows
+
+    rows = sum(block[0] for block in blocks)
+    logits = (np.random.default_rng(seed).standard_normal((rows, vocab)) * 4).astype(np.float32)
+    together = sample_rows(logits, [(n, np.random.default_rng(s), t, k, p) for n, s, t, k, p in blocks])
+    start = 0
+    for n, s, t, k, p in blocks:
+        alone = sample(logits[start : start + n], np.random.default_rng(s), t, k, p)
+        assert together[start : start + n].tolist() == alone.tolist()
+        start += n

@@ -29,7 +29,7 @@ import numpy as np
 
 from . import decoding
 from .errors import CharRNNError
-from .sampling import sample
+from .sampling import sample_rows
 
 POLL_SECONDS = 0.03  # how often a waiting reader asks whether its client has gone
 
@@ -232,9 +232,12 @@ class Batcher:
         if not self._batched:
             return
         chars, ids = self.model.vocab.chars, []
+        # Every request's rows sampled in one call, each with its own settings and random stream.
+        parts = [(g.rows, g.rng, g.options["temperature"], g.options["top_k"], g.options["top_p"]) for g in self._batched]
+        all_ids = sample_rows(np.concatenate([g.logits for g in self._batched]), parts)  # (rows,)
+        start = 0
         for g in self._batched:
-            o = g.options
-            next_ids = sample(g.logits, g.rng, o["temperature"], o["top_k"], o["top_p"], checked=True)  # (rows,)
+            next_ids, start = all_ids[start : start + g.rows], start + g.rows
             g.remaining -= 1
             g.put([chars[i] for i in next_ids], finished=g.remaining == 0)
             ids.append(next_ids)

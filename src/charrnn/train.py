@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import distributed
 from . import finetune
-from .config import ModelConfig, TrainConfig
 from . import regularize
 from .config import ModelConfig, TrainConfig, also_protocols
 from .corpus import BUILTINS, looks_like_url
