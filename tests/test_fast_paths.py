@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import charrnn
-from charrnn import kernels
+from charrnn import kernels, stepkernels
 from charrnn.config import ModelConfig
 from charrnn.generate import CharModel
 from charrnn.model import CharRNN, Stepper
@@ -18,8 +18,9 @@ from charrnn.vocab import Vocab
 def path(request, monkeypatch):
     if request.param == "fused" and not kernels.available():
         pytest.skip("no C compiler here: the fused kernels are unavailable")
-    if request.param == "pytorch":
+    if request.param == "pytorch":  # as without a C compiler
         monkeypatch.setattr(kernels, "usable", lambda *a, **k: False)
+        monkeypatch.setattr(stepkernels, "usable", lambda *a, **k: False)
     return request.param
 
 
@@ -65,16 +66,18 @@ def test_bf16_stays_close_to_fp32(path):
 
 
 @pytest.mark.parametrize("precision, batch, layers", [("fp32", 1, 1), ("fp32", 3, 1), ("bf16", 1, 1), ("bf16", 9, 1),
-                                                     ("fp32", 2, 2), ("bf16", 5, 2)])
+                                                     ("fp32", 2, 2), ("bf16", 5, 2), ("int8", 1, 1), ("int8", 4, 2)])
 def test_generation_equals_the_straightforward_loop(path, precision, batch, layers):
     """Priming + one-character steps with carried state give exactly the text that re-running the whole
     sequence through forward() at the same precision gives, sample by sample."""
+    if precision == "int8" and (path == "pytorch" or not kernels.available()):
+        pytest.skip("int8 runs on the step kernels only")
     torch.manual_seed(2)
     vocab = Vocab.from_text("abcdefghij klmnop\n")
     model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32, num_layers=layers)),
                       vocab, precision=precision)
     fast = model.generate("abc", length=60, temperature=0.9, seed=4, num_samples=batch)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
     rng, texts = np.random.default_rng(4), ["abc"] * batch
     with torch.no_grad():
         for _ in range(60):
@@ -84,7 +87,7 @@ def test_generation_equals_the_straightforward_loop(path, precision, batch, laye
     assert fast == texts
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 @pytest.mark.parametrize("layers, hidden", [(1, 40), (2, 24)])
 def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, layers, hidden):
     """The step kernels sum each output in one fixed order, so a sample's text does not depend on the
@@ -95,7 +98,7 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
     torch.manual_seed(3)
     vocab = Vocab.from_text("abcdefghij klmnop\n")
     net = CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=hidden, num_layers=layers))
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
     texts = ["abc abc", "hello p", "ppppppp", "ja ja j", "kon\nkon"[:7]]
     ids = torch.from_numpy(np.stack([vocab.encode(t) for t in texts]).astype(np.int64))  # (5, 7)
     net.eval()
@@ -123,7 +126,7 @@ def test_auto_precision_uses_bf16_only_where_it_pays(tiny_run, small_text, tmp_p
     assert model.dtype_for(1) == (low if kernels.available() else torch.float32)
     assert model.dtype_for(BF16_MIN_BATCH) == low
     with pytest.MonkeyPatch.context() as patch:  # ... through PyTorch's products, only from BF16_MIN_BATCH rows
-        patch.setattr(kernels, "usable", lambda *a, **k: False)
+        patch.setattr(stepkernels, "usable", lambda *a, **k: False)
         assert model.dtype_for(1) == torch.float32 and model.dtype_for(BF16_MIN_BATCH) == low
     assert charrnn.load(tiny_run, precision="fp32").dtype_for(64) == torch.float32
     import json, os
@@ -145,3 +148,20 @@ def test_loading_the_kernels_keeps_ieee_subnormals():
         pytest.skip("no C compiler: the fused kernels are not built here")
     tiny = np.finfo(np.float32).tiny
     assert np.float32(tiny) / np.float32(4) > 0
+
+
+def test_int8_generation_stays_close_to_fp32_and_training_refuses_it(tiny_run, small_text):
+    """int8 quantises weights per row and the state per step: the loss of a trained model moves by a
+    hair, and it is a generation precision only."""
+    if not kernels.available():
+        pytest.skip("int8 runs on the step kernels only")
+    from charrnn.errors import CharRNNError
+
+    text = small_text.read_text()[:3000]
+    fp32 = charrnn.load(tiny_run, precision="fp32").evaluate(text)["loss"]
+    int8 = charrnn.load(tiny_run, precision="int8")
+    assert int8.dtype_for(1) == torch.int8 and int8.dtype_for(64) == torch.int8
+    assert abs(int8.evaluate(text)["loss"] - fp32) < 0.02
+    assert len(int8.generate("a", length=50, seed=1)[0]) == 51
+    with pytest.raises(CharRNNError, match="precision must be one of auto, bf16, fp32"):
+        charrnn.TrainConfig(precision="int8")

@@ -14,6 +14,7 @@ CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
+GENERATION_PRECISIONS = (*PRECISIONS, "int8")  # int8: generation only (quantised step kernels)
 DECODE_ERRORS = ("fail", "skip", "replace")
 TENSORBOARD = ("auto", "on", "off")
 PROTOCOLS = ("chunks", "stateful", "windows")  # evaluation protocols: see evaluation.py

@@ -22,7 +22,7 @@ import threading
 
 import torch
 
-from . import kernels
+from . import kernels, stepkernels
 
 
 def _packing_works() -> bool:
@@ -245,36 +245,37 @@ def gru_sequence(gi: torch.Tensor | None, h0: torch.Tensor, w_hh: torch.Tensor, 
     return _gru_inference(gi.contiguous(), h0.contiguous(), w_hh, b_hh, dtype)
 
 
-# -- generation: the step kernels -----------------------------------------------------------------------
+# -- generation: the step kernels (stepkernels.py) -------------------------------------------------------
 class PackedLinear:
-    """x (batch, n) fp32 -> x W^T + b (batch, rows) fp32 through kernels.matvec: products in `dtype`, each
-    output a dot product in a fixed order, so a row's result does not depend on the other rows."""
+    """x (batch, n) fp32 -> x W^T + b (batch, rows) fp32 through stepkernels.matvec: products in `dtype`
+    (fp32, bf16 or int8), each output a dot product in a fixed order, so a row's result does not depend
+    on the other rows."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype):
         self.rows, self.n, self.dtype = weight.shape[0], weight.shape[1], dtype
-        self.weight, self.bias = kernels.pack_rows(weight, dtype), kernels.pack_bias(bias)
+        self.packed = stepkernels.pack(weight, bias, dtype)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None, scratch: torch.Tensor | None = None) -> torch.Tensor:
         batch = x.shape[0]
         out = x.new_empty(batch, self.rows) if out is None else out
-        scratch = x.new_empty(batch, kernels.scratch_width(self.n), dtype=self.dtype) if scratch is None else scratch
-        return kernels.matvec(x, self.weight, self.bias, scratch, out)
+        scratch = stepkernels.scratch(batch, self.n, self.dtype) if scratch is None else scratch
+        return stepkernels.matvec(x.contiguous(), self.packed, scratch, out)
 
 
 class PackedGRULayer:
-    """One GRU layer's recurrent weights for kernels.gru_layer_step: the step generation runs, and the one
-    priming and scoring run outside training, so stepping a text equals re-running it."""
+    """One GRU layer's recurrent weights for stepkernels.gru_layer_step: the step generation runs, and the
+    one priming and scoring run outside training, so stepping a text equals re-running it."""
 
     def __init__(self, w_hh: torch.Tensor, b_hh: torch.Tensor, dtype: torch.dtype):
         self.hidden, self.dtype = w_hh.shape[1], dtype
-        self.weight, self.bias = kernels.pack_rows(w_hh, dtype, 3, 16), kernels.pack_bias(b_hh, 3, 16)
+        self.packed = stepkernels.pack(w_hh, b_hh, dtype, groups=3, multiple=16)
 
     def scratch(self, batch: int) -> torch.Tensor:
-        return torch.empty(batch, kernels.scratch_width(self.hidden), dtype=self.dtype)
+        return stepkernels.scratch(batch, self.hidden, self.dtype)
 
     def step(self, gi: torch.Tensor, h: torch.Tensor, h_out: torch.Tensor, scratch: torch.Tensor) -> None:
         """h_out (batch, H) from gi (batch, 3H) and h (batch, H), all fp32 and contiguous."""
-        kernels.gru_layer_step(gi, h, self.weight, self.bias, scratch, h_out)
+        stepkernels.gru_layer_step(gi, h, self.packed, scratch, h_out)
 
     @torch.no_grad()
     def sequence(self, gi: torch.Tensor, h0: torch.Tensor):

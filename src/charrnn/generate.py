@@ -33,7 +33,7 @@ class CharModel:
     def __init__(self, model: CharRNN, vocab: Vocab, train_config: TrainConfig | None = None,
                  corpus: dict[str, Any] | None = None, run_dir: Path | None = None, precision: str = "auto"):
         self.model = model.eval()
-        resolve_precision(precision, self.device)  # validates
+        resolve_precision(precision, self.device, generation=True)  # validates
         self.precision = precision
         self.vocab = vocab
         self.config: ModelConfig = model.config
@@ -69,7 +69,7 @@ class CharModel:
             # instruction (AVX512-BF16), so bf16 is the faster at every batch size (bench/speed.py).
             kernels = Stepper(self.model, torch.bfloat16).packed
             return torch.bfloat16 if kernels or batch >= BF16_MIN_BATCH else torch.float32
-        return resolve_precision(self.precision, self.device)
+        return resolve_precision(self.precision, self.device, generation=True)
 
     def backend(self, batch: int) -> "TorchBackend":
         return TorchBackend(self.model, self.dtype_for(batch))
@@ -140,7 +140,7 @@ class TorchBackend:
 
 def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:
     """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists).
-    precision: 'fp32', 'bf16', or 'auto' (bf16 for batches where it is faster on this hardware)."""
+    precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (bf16 where this hardware has it natively)."""
     run_dir = Path(run_dir)
     model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
     return CharModel(model, vocab, train_config, corpus, run_dir, precision)

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cpu
-from .config import PRECISIONS, ModelConfig
+from .config import GENERATION_PRECISIONS, PRECISIONS, ModelConfig
 from .data import eval_batches
 from .errors import CharRNNError
-from . import kernels
+from . import kernels, stepkernels
 from .fastgru import PackedGRULayer, PackedLinear, Projection, Scratch, gru_sequence, gru_step
 
 cpu.guard_isa()  # before any oneDNN product: caps oneDNN below AMX where AMX is advertised but faults
@@ -42,17 +42,24 @@ def bf16_native(device: torch.device) -> bool:
     return supported("_is_avx512_bf16_supported") or (supported("_is_amx_tile_supported") and cpu.amx_usable())
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """auto -> bf16 where the hardware does bf16 natively, else fp32."""
-    if name not in PRECISIONS:
-        raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
+def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
+    """auto -> bf16 where the hardware does bf16 natively, else fp32. `generation` also allows int8 (the
+    step kernels' quantised products; training has no int8)."""
+    allowed = GENERATION_PRECISIONS if generation else PRECISIONS
+    if name not in allowed:
+        raise CharRNNError(f"precision must be one of {', '.join(allowed)}; got {name!r}")
     if name == "auto":
         return torch.bfloat16 if bf16_native(device) else torch.float32
+    if name == "int8":
+        if device.type != "cpu" or not stepkernels.usable(torch.int8):
+            raise CharRNNError("precision int8 runs on the CPU step kernels, which need a C compiler (gcc) here; "
+                               "use --precision bf16 or fp32")
+        return torch.int8
     return torch.bfloat16 if name == "bf16" else torch.float32
 
 
 def precision_name(dtype: torch.dtype) -> str:
-    return "bf16" if dtype == torch.bfloat16 else "fp32"
+    return {torch.bfloat16: "bf16", torch.int8: "int8"}.get(dtype, "fp32")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,7 +170,7 @@ class CharRNN(nn.Module):
         batch, steps = ids.shape
         if state is None:
             state = self.initial_state(batch, ids.device)
-        if not (torch.is_grad_enabled() or self.training) and kernels.usable(state, dtype):
+        if not (torch.is_grad_enabled() or self.training) and state.dtype == torch.float32 and stepkernels.usable(dtype):
             return self._packed_forward(ids, state, dtype)
         time_major = ids.t()  # (time, batch): the recurrence walks time, so keep each step contiguous
         embedding = self._embedding_weights()  # (vocab, E), rows dropped in training
@@ -256,7 +263,7 @@ class Stepper:
     def __init__(self, model: CharRNN, dtype: torch.dtype):
         self.model, self.dtype = model, dtype
         self.fast = model.config.cell == "gru" and model.dense.weight.device.type == "cpu"
-        self.packed = self.fast and kernels.usable(torch.empty(0), dtype)
+        self.packed = self.fast and stepkernels.usable(dtype)
         self._batch, self._buffers = None, None
 
     @torch.inference_mode()
@@ -299,18 +306,19 @@ class Stepper:
     def _packed_buffers(self, batch: int):
         weights = self.model.packed_weights(self.dtype)
         config = self.model.config
-        tensors = []
+        addresses = []
         for input_projection, recurrent in weights.layers:
-            tensors += [input_projection.weight, input_projection.bias] if input_projection else [None, None]
-            tensors += [recurrent.weight, recurrent.bias]
-        tensors += [weights.output.weight, weights.output.bias]
-        pointers = (ctypes.c_void_p * len(tensors))(*[None if t is None else t.data_ptr() for t in tensors])
+            addresses += input_projection.packed.pointers() if input_projection else [None] * 4
+            addresses += recurrent.packed.pointers()
+        addresses += weights.output.packed.pointers()
+        pointers = (ctypes.c_void_p * len(addresses))(*addresses)
         states = tuple(torch.empty(config.num_layers, batch, config.hidden_size) for _ in range(2))
         gi = torch.empty(batch, 3 * config.hidden_size)
         scratch = weights.layers[0][1].scratch(batch)
         ids = np.zeros(batch, dtype=np.int64)
         # The kernel gets raw pointers: keep what they point into alive as long as the buffers.
-        self._kernel, self._table, self._keep = kernels.model_step(self.dtype), weights.table.data_ptr(), (weights, gi, scratch)
+        self._kernel, self._table = stepkernels.model_step(self.dtype), weights.table.data_ptr()
+        self._keep = (weights, gi, scratch)
         return pointers, states, gi.data_ptr(), scratch.data_ptr(), ids, ids.ctypes.data
 
     def _fallback_buffers(self, batch: int):

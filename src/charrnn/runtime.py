@@ -114,13 +114,15 @@ def load(directory: str | Path, threads: int | None = None) -> ExportedModel:
     return ExportedModel(directory, threads)
 
 
-def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu", threads: int | None = None):
+def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu", threads: int | None = None,
+             precision: str = "auto"):
     """An export directory (this module: ONNX Runtime, no torch) or a run directory (`charrnn.load`, which
     imports torch only then): what `charrnn generate` and `charrnn serve` accept. `threads`: the compute
     threads (ONNX Runtime's intra-op pool, or torch's); None leaves the library's default (the cores)."""
     if is_export(path):
-        if checkpoint or device != "cpu":
-            raise CharRNNError(f"{path} is an export: --checkpoint and --device apply to run directories only")
+        if checkpoint or device != "cpu" or precision not in ("auto", "fp32"):
+            raise CharRNNError(f"{path} is an export (fp32 ONNX): --checkpoint, --device and --precision apply to run "
+                               "directories only")
         return load(path, threads)
     if threads:
         import torch
@@ -128,4 +130,4 @@ def load_any(path: str | Path, checkpoint: str | None = None, device: str = "cpu
         torch.set_num_threads(threads)
     from .generate import load as load_run
 
-    return load_run(path, checkpoint=checkpoint, device=device)
+    return load_run(path, checkpoint=checkpoint, device=device, precision=precision)

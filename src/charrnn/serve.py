@@ -179,7 +179,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
 
 
 def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits = ServeLimits(),
-          model_name: str | None = None, threads: int | None = None) -> None:
+          model_name: str | None = None, threads: int | None = None, precision: str = "auto") -> None:
     """Serve the run or export at `path`; `model_name` is its id in the OpenAI-compatible API (default:
     `path` as given, as vLLM names a model by its path); `threads`: the compute threads (default the cores)."""
     import sys
@@ -194,7 +194,7 @@ def serve(path, host: str = "127.0.0.1", port: int = 8000, limits: ServeLimits =
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise CharRNNError(f"--threads must be at least 1; got {threads}")
     listener = bind(host, port)  # before loading the model: a busy port fails at once
-    model = load_any(path, threads=threads)
+    model = load_any(path, threads=threads, precision=precision)
     port = listener.getsockname()[1]  # the one the system picked for --port 0
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"charrnn: serving on {host}: anyone who can reach this machine can use it", file=sys.stderr)
