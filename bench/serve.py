@@ -53,7 +53,7 @@ def make_run(directory: Path, embedding: int, hidden: int, data_dir: str | None)
 
 def start_server(run: Path, args) -> tuple[subprocess.Popen, str]:
     command = [sys.executable, "-m", "charrnn", "serve", str(run), "--port", "0", "--max-length", str(args.chars),
-               "--max-batch", str(args.max_batch)] + (["--threads", str(args.threads)] if args.threads else [])
+               "--max-batch", str(args.max_batch), "--precision", args.precision] + (["--threads", str(args.threads)] if args.threads else [])
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -117,6 +117,7 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=500, help="characters per client")
     parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
     parser.add_argument("--threads", type=int, help="the server's --threads (default: its default, the cores)")
+    parser.add_argument("--precision", default="auto", help="the server's --precision: auto (default), fp32, bf16, int8")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per round")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
