@@ -116,11 +116,14 @@ def worker_steps_ours(args) -> dict:
     import numpy as np
     import torch
 
-    from charrnn.model import Stepper
+    from charrnn.model import Stepper, precision_name
 
     model = tutorial_model("auto")
     out = {}
-    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    from charrnn import stepkernels
+
+    kinds = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + ([("int8", torch.int8)] if stepkernels.usable(torch.int8) else [])
+    for precision, dtype in kinds:
         for batch in STEP_BATCHES:
             stepper, ids = Stepper(model.model, dtype), np.zeros(batch, dtype=np.int64)
             state = model.model.initial_state(batch)
@@ -134,7 +137,7 @@ def worker_steps_ours(args) -> dict:
                     _, state = stepper.step_numpy(ids, state)
                 times.append((time.perf_counter() - started) / steps)
             out[f"{precision}-b{batch}"] = 1e6 * statistics.median(times)
-    out["auto"] = {f"b{batch}": str(model.dtype_for(batch)).replace("torch.", "") for batch in STEP_BATCHES}
+    out["auto"] = {f"b{batch}": precision_name(model.dtype_for(batch)) for batch in STEP_BATCHES}
     return out
 
 
@@ -264,7 +267,7 @@ def main() -> None:
     train = not args.skip_train
     ours = {p: run_worker("train-ours", args, precision=p) if train else None for p in precisions}
     theirs = run_worker("train-peer", args, args.peer_python) if peer and train else None
-    gen_by_precision = {p: run_worker("generate-ours", args, precision=p) for p in ["auto", *precisions]}
+    gen_by_precision = {p: run_worker("generate-ours", args, precision=p) for p in ["auto", *precisions, "int8"]}
     gen_ours = gen_by_precision["auto"]
     gen_theirs = run_worker("generate-peer", args, args.peer_python) if peer else None
     steps = run_worker("steps-ours", args)
@@ -295,13 +298,14 @@ def main() -> None:
     if steps:
         print("\nOne model step (Stepper, what generation runs), microseconds (median):")
         print(f"{'batch':10}" + "".join(f"{b:>9}" for b in STEP_BATCHES))
-        for p in precisions:
+        measured = [p for p in ("fp32", "bf16", "int8") if f"{p}-b1" in steps]
+        for p in measured:
             print(f"{p:10}" + "".join(f"{steps[f'{p}-b{b}']:9.0f}" for b in STEP_BATCHES))
         print(f"{'auto':10}" + "".join(f"{steps['auto'][f'b{b}']:>9}" for b in STEP_BATCHES))
-        if len(precisions) == 2:
-            slower = [b for b in STEP_BATCHES if steps[f"bf16-b{b}"] > steps[f"fp32-b{b}"]]
-            wrong = [b for b in STEP_BATCHES if steps["auto"][f"b{b}"] != ("bfloat16" if b not in slower else "float32")]
-            print(f"bf16 slower than fp32 at batch: {slower or 'none'}; auto picks the slower at batch: {wrong or 'none'}")
+        fastest = {b: min(measured, key=lambda p: steps[f"{p}-b{b}"]) for b in STEP_BATCHES}
+        print("fastest: " + ", ".join(f"batch {b} {p}" for b, p in fastest.items()))
+        wrong = [b for b in STEP_BATCHES if steps["auto"][f"b{b}"] != fastest[b]]
+        print(f"auto picks a slower one at batch: {wrong or 'none'}")
     if first_char:
         print(f"\nTime to first generated character of `charrnn generate` (process start, import, load, prime): "
               f"{first_char['seconds']:.2f} s (median of {args.repeats})")
@@ -317,6 +321,10 @@ def main() -> None:
                 f"fused kernels {'on' if any(r and r['fused_kernels'] for r in ours.values()) else 'off'}"]
     if theirs:
         versions.append(f"peer: {theirs['versions']}, {theirs['parameters']:,} parameters (its vocabulary adds [UNK])")
+    elif peer:
+        version = subprocess.run([args.peer_python, "-c", "import tensorflow as tf; print(tf.__version__)"],
+                                 capture_output=True, text=True).stdout.strip()
+        versions.append(f"peer: TensorFlow {version} ({args.peer_python})")
     elif not args.skip_peer:
         versions.append("peer: skipped (pip install -e .[bench] to install tensorflow-cpu)")
     print("\n" + "\n".join(versions))

@@ -115,17 +115,21 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
             assert torch.equal(net(ids[row : row + 1], dtype=dtype)[0][0], batched[row])
 
 
-def test_auto_precision_uses_bf16_only_where_it_pays(tiny_run, small_text, tmp_path):
+def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_path):
     from charrnn.generate import BF16_MIN_BATCH
-    from charrnn.model import bf16_native
+    from charrnn.model import bf16_native, int8_native
 
     native = bf16_native(torch.device("cpu"))
     model = charrnn.load(tiny_run)
     low = torch.bfloat16 if native else torch.float32
-    # With the step kernels bf16 is the faster at every batch size where the CPU has it natively ...
-    assert model.dtype_for(1) == (low if kernels.available() else torch.float32)
-    assert model.dtype_for(BF16_MIN_BATCH) == low
-    with pytest.MonkeyPatch.context() as patch:  # ... through PyTorch's products, only from BF16_MIN_BATCH rows
+    # With AVX512-VNNI, int8 at every batch size; else bf16 wherever the step kernels run it natively ...
+    if int8_native(torch.device("cpu")):
+        assert model.dtype_for(1) == model.dtype_for(64) == torch.int8
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("charrnn.generate.int8_native", lambda device: False)
+        assert model.dtype_for(1) == (low if kernels.available() else torch.float32)
+        assert model.dtype_for(BF16_MIN_BATCH) == low
+        # ... and through PyTorch's products (no C compiler) only from BF16_MIN_BATCH rows
         patch.setattr(stepkernels, "usable", lambda *a, **k: False)
         assert model.dtype_for(1) == torch.float32 and model.dtype_for(BF16_MIN_BATCH) == low
     assert charrnn.load(tiny_run, precision="fp32").dtype_for(64) == torch.float32

@@ -19,7 +19,7 @@ from .errors import CharRNNError
 from . import decoding
 from . import evaluation
 from .evaluation import Protocols
-from .model import CharRNN, Stepper, bf16_native, count_parameters, precision_name, resolve_device, resolve_precision
+from .model import CharRNN, Stepper, bf16_native, count_parameters, int8_native, precision_name, resolve_device, resolve_precision
 from .vocab import Vocab
 
 # With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
@@ -63,10 +63,14 @@ class CharModel:
     def dtype_for(self, batch: int) -> torch.dtype:
         """The matrix-product dtype used to generate a batch of this size."""
         if self.precision == "auto":
+            # Measured (bench/speed.py, README Speed): with VNNI, int8 is the fastest at every batch size
+            # (batch 1 reads a quarter of fp32's bytes, batch 64 does 4x the multiply-adds per instruction)
+            # and moves the validation loss by 5e-5 nats/char; then bf16 where native, which reads half
+            # of fp32's bytes at batch 1.
+            if int8_native(self.device):
+                return torch.int8
             if not bf16_native(self.device):
                 return torch.float32
-            # The step kernels read half the bytes in bf16 and do the same number of multiply-adds per
-            # instruction (AVX512-BF16), so bf16 is the faster at every batch size (bench/speed.py).
             kernels = Stepper(self.model, torch.bfloat16).packed
             return torch.bfloat16 if kernels or batch >= BF16_MIN_BATCH else torch.float32
         return resolve_precision(self.precision, self.device, generation=True)

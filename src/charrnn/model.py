@@ -42,6 +42,11 @@ def bf16_native(device: torch.device) -> bool:
     return supported("_is_avx512_bf16_supported") or (supported("_is_amx_tile_supported") and cpu.amx_usable())
 
 
+def int8_native(device: torch.device) -> bool:
+    """Whether generation's int8 step kernels run at full speed here: AVX512-VNNI integer dot products."""
+    return device.type == "cpu" and "avx512_vnni" in cpu.cpu_flags() and stepkernels.usable(torch.int8)
+
+
 def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
     """auto -> bf16 where the hardware does bf16 natively, else fp32. `generation` also allows int8 (the
     step kernels' quantised products; training has no int8)."""
