@@ -42,19 +42,28 @@ def bf16_native(device: torch.device) -> bool:
     return supported("_is_avx512_bf16_supported") or (supported("_is_amx_tile_supported") and cpu.amx_usable())
 
 
+def bf16_trains_faster(device: torch.device) -> bool:
+    """Whether training's bf16 products beat fp32 here: bf16 tensor cores, or AMX tiles on CPU. Measured
+    (bench/speed.py, README Speed): the tutorial's step took 268 ms in bf16 against 761 ms in fp32 on a
+    Xeon with AMX, but 930 ms against 700 ms on one whose AMX faults (AVX512-BF16 products only)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and cpu.amx_usable()
+
+
 def int8_native(device: torch.device) -> bool:
     """Whether generation's int8 step kernels run at full speed here: AVX512-VNNI integer dot products."""
     return device.type == "cpu" and "avx512_vnni" in cpu.cpu_flags() and stepkernels.usable(torch.int8)
 
 
 def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
-    """auto -> bf16 where the hardware does bf16 natively, else fp32. `generation` also allows int8 (the
-    step kernels' quantised products; training has no int8)."""
+    """auto -> bf16 where it is the faster here (training: bf16_trains_faster; generation: bf16_native), else
+    fp32. `generation` also allows int8 (the step kernels' quantised products; training has no int8)."""
     allowed = GENERATION_PRECISIONS if generation else PRECISIONS
     if name not in allowed:
         raise CharRNNError(f"precision must be one of {', '.join(allowed)}; got {name!r}")
     if name == "auto":
-        return torch.bfloat16 if bf16_native(device) else torch.float32
+        return torch.bfloat16 if (bf16_native(device) if generation else bf16_trains_faster(device)) else torch.float32
     if name == "int8":
         if device.type != "cpu" or not stepkernels.usable(torch.int8):
             raise CharRNNError("precision int8 runs on the CPU step kernels, which need a C compiler (gcc) here; "
