@@ -32,6 +32,10 @@ from .errors import CharRNNError
 from .sampling import sample_rows
 
 POLL_SECONDS = 0.03  # how often a waiting reader asks whether its client has gone
+# A reader hands its client at most one chunk per this interval (the first at once): an event per
+# character would cost the event loop more than the model's step, and the loop shares the GIL with the
+# worker. 100 updates a second is smoother than the eye needs.
+DELIVERY_SECONDS = 0.01
 
 log = logging.getLogger("charrnn.batching")
 
@@ -55,6 +59,9 @@ class Generation:
         self._finished = False
         self._error: BaseException | None = None
         self._woken = False  # a wake-up is on its way to the loop
+        # The reader found nothing and waits: only then does a new piece wake the loop (a wake-up per step
+        # would make the loop take the GIL from the worker at every character).
+        self._waiting = False
         self._event = asyncio.Event()
 
     # -- the worker's side --------------------------------------------------------------------------
@@ -66,7 +73,8 @@ class Generation:
                 self._pieces.append(piece)
             self._finished = self._finished or finished or error is not None
             self._error = self._error or error
-            wake, self._woken = not self._woken, True
+            wake = self._waiting and not self._woken
+            self._woken = self._woken or wake
         if wake:
             try:
                 self.loop.call_soon_threadsafe(self._wake)
@@ -85,6 +93,7 @@ class Generation:
                 raise self._error
             taken = self._pieces[:1] if first else self._pieces
             self._pieces = self._pieces[1:] if first else []
+            self._waiting = not taken and not self._finished
             return taken, self._finished and self._error is None and not self._pieces  # an error is raised next
 
     async def _wait(self, gone: Callable[[], Awaitable[bool]]) -> bool:
@@ -121,6 +130,10 @@ class Generation:
                     yield ["".join(column) for column in zip(*taken)]
                 if finished:
                     return
+                if taken:
+                    if await gone():  # asked between chunks too: while text flows, _wait below is not reached
+                        return
+                    await asyncio.sleep(DELIVERY_SECONDS)  # let characters gather
                 if not taken and await self._wait(gone):
                     return
         finally:
