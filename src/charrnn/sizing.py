@@ -6,7 +6,7 @@ that satisfies both
     parameters <= characters seen in the budget / CHARS_PER_PARAMETER   (it gets enough training), and
     parameters <= PARAMETERS_PER_CHARACTER x training characters          (the text can support it).
 The first bound is the budget's, the second the corpus's. The constants are calibrated on Shakespeare:
-the 2 x GRU 512 model (2.6M parameters), which bench/quality.py found best for 30 minutes on a 2-core
+the 2 x GRU 512 model (2.6M parameters) of the shakespeare-30min presets, the best measured for 30 minutes on a 2-core
 CPU, sees about 30M characters there (ratio ~11), and with dropout it generalises from 1M characters
 of text. The smallest candidate is used when none fits.
 """
