@@ -39,7 +39,7 @@ def test_logits_and_greedy_text_match_tensorflow(imported, flavour):
     from charrnn import load
 
     want = expected(flavour)
-    model = load(imported[flavour])
+    model = load(imported[flavour], precision="fp32")  # TensorFlow computed in fp32
     assert (model.model.config.embedding_size, model.model.config.hidden_size) == (want["embedding"], want["units"])
     ids = torch.from_numpy(model.vocab.encode(want["logits_input"]).astype(np.int64))[None]  # (1, time)
     with torch.no_grad():
@@ -50,6 +50,20 @@ def test_logits_and_greedy_text_match_tensorflow(imported, flavour):
     assert np.abs(logits[0].numpy() - tf_logits[:, 1:]).max() <= 1e-4
     text = model.generate(want["prompt"], length=want["length"], temperature=0)[0]
     assert text == want["greedy"]
+
+
+def test_an_imported_run_serves_the_same_text(imported):
+    """An imported run is a run like any other: the server gives what charrnn.load gives."""
+    from fastapi.testclient import TestClient
+
+    from charrnn import load
+    from charrnn.serve import create_app
+
+    model = load(imported["keras2"])
+    with TestClient(create_app(model)) as client:
+        answer = client.post("/v1/generate", json={"prompt": "Thou", "length": 60, "seed": 5, "temperature": 0.8})
+    assert answer.status_code == 200
+    assert answer.json()["samples"] == model.generate("Thou", length=60, seed=5, temperature=0.8)
 
 
 def test_unk_is_dropped_and_never_produced(imported):
