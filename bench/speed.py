@@ -146,8 +146,6 @@ def worker_first_char(args) -> dict:
     character on stdout (imports, loading, priming): what a user waits for."""
     import tempfile
 
-    import torch
-
     from charrnn.config import TrainConfig
     from charrnn.train import Trainer
 
@@ -164,12 +162,10 @@ def worker_first_char(args) -> dict:
             times.append(time.perf_counter() - started)
             process.stdout.read()
             process.wait()
-    return {"seconds": statistics.median(times), "torch_import_note": f"torch {torch.__version__}"}
+    return {"seconds": statistics.median(times)}
 
 
 def worker_train_peer(args) -> dict:
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "bench"))
     import peer_tf
 
@@ -263,7 +259,6 @@ def main() -> None:
     peer = not args.skip_peer and peer_available(args.peer_python)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {platform.python_version()}")
     print(f"command: python bench/speed.py {' '.join(sys.argv[1:])}".rstrip())
-    rows = []
     train = not args.skip_train
     ours = {p: run_worker("train-ours", args, precision=p) if train else None for p in precisions}
     theirs = run_worker("train-peer", args, args.peer_python) if peer and train else None

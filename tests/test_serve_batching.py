@@ -4,8 +4,6 @@ step once its client has gone, and waits in a queue beyond --max-batch."""
 
 import asyncio
 import json
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx

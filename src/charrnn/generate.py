@@ -19,7 +19,8 @@ from .errors import CharRNNError
 from . import decoding
 from . import evaluation
 from .evaluation import Protocols
-from .model import CharRNN, Stepper, bf16_native, count_parameters, int8_native, precision_name, resolve_device, resolve_precision
+from .model import (CharRNN, Stepper, bf16_native, count_parameters, int8_native, precision_name, resolve_device,
+                    resolve_precision, steps_on_kernels)
 from .vocab import Vocab
 
 # With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
@@ -71,8 +72,8 @@ class CharModel:
                 return torch.int8
             if not bf16_native(self.device):
                 return torch.float32
-            kernels = Stepper(self.model, torch.bfloat16).packed
-            return torch.bfloat16 if kernels or batch >= BF16_MIN_BATCH else torch.float32
+            fast = steps_on_kernels(self.model, torch.bfloat16) or batch >= BF16_MIN_BATCH
+            return torch.bfloat16 if fast else torch.float32
         return resolve_precision(self.precision, self.device, generation=True)
 
     def backend(self, batch: int) -> "TorchBackend":

@@ -25,7 +25,7 @@ from . import cpu
 from .config import GENERATION_PRECISIONS, PRECISIONS, ModelConfig
 from .data import eval_batches
 from .errors import CharRNNError
-from . import kernels, stepkernels
+from . import stepkernels
 from .fastgru import PackedGRULayer, PackedLinear, Projection, Scratch, gru_sequence, gru_step
 
 cpu.guard_isa()  # before any oneDNN product: caps oneDNN below AMX where AMX is advertised but faults
@@ -54,6 +54,11 @@ def bf16_trains_faster(device: torch.device) -> bool:
 def int8_native(device: torch.device) -> bool:
     """Whether generation's int8 step kernels run at full speed here: AVX512-VNNI integer dot products."""
     return device.type == "cpu" and "avx512_vnni" in cpu.cpu_flags() and stepkernels.usable(torch.int8)
+
+
+def steps_on_kernels(model: "CharRNN", dtype: torch.dtype) -> bool:
+    """Whether generation steps `model` in `dtype` through the step kernels: a GRU on CPU, with them built."""
+    return model.config.cell == "gru" and model.dense.weight.device.type == "cpu" and stepkernels.usable(dtype)
 
 
 def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
@@ -277,7 +282,7 @@ class Stepper:
     def __init__(self, model: CharRNN, dtype: torch.dtype):
         self.model, self.dtype = model, dtype
         self.fast = model.config.cell == "gru" and model.dense.weight.device.type == "cpu"
-        self.packed = self.fast and stepkernels.usable(dtype)
+        self.packed = steps_on_kernels(model, dtype)
         self._batch, self._buffers = None, None
 
     @torch.inference_mode()

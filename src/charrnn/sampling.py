@@ -65,6 +65,27 @@ def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, 
     return probs
 
 
+def _temperature_cdf(weights: np.ndarray, temperature) -> np.ndarray:
+    """In place: float64 logits (rows, vocab) -> the unnormalised CDF of softmax(logits / temperature), for
+    a temperature > 0 given as a number or per row as (rows, 1)."""
+    weights -= weights.max(axis=1, keepdims=True)
+    if isinstance(temperature, np.ndarray) or temperature < 1e-200:
+        with np.errstate(over="ignore"):  # the shifted logits over a tiny temperature overflow to -inf, as they should
+            weights /= temperature
+    elif temperature != 1:  # (errstate costs as much as the rest of a batch-1 draw)
+        weights /= temperature
+    return np.exp(weights, out=weights).cumsum(axis=1, out=weights)
+
+
+def _draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row of a non-decreasing, unnormalised CDF (rows, vocab), the first index whose CDF reaches
+    u * total, for u (rows,) in (0, 1]: an index with non-zero probability."""
+    rows, vocab = cdf.shape
+    if rows == 1:  # generation's common case, in fewer numpy calls
+        return np.array([min(int(cdf[0].searchsorted(u[0] * cdf[0, -1])), vocab - 1)])
+    return np.minimum((cdf < (u * cdf[:, -1])[:, None]).sum(axis=1), vocab - 1)
+
+
 def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            checked: bool = False) -> np.ndarray:
     """Draw one id per row of (batch, vocab) logits; returns (batch,) int64."""
@@ -78,28 +99,12 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.
             raise ValueError(f"logits must be (batch, vocab); got shape {logits.shape}")
         if temperature == 0:
             return logits.argmax(axis=1)
-        weights = logits.astype(np.float64)  # (batch, vocab), a copy
-        weights -= weights.max(axis=1, keepdims=True)
-        if temperature < 1e-200:  # the shifted logits over it may overflow to -inf, as they should
-            with np.errstate(over="ignore"):
-                weights /= temperature
-        elif temperature != 1:  # (errstate costs as much as the rest of this function)
-            weights /= temperature
-        cdf = np.exp(weights, out=weights).cumsum(axis=1, out=weights)  # unnormalised
-        batch, vocab = cdf.shape
-        u = 1.0 - rng.random(batch)  # in (0, 1]
-        if batch == 1:  # the first index whose CDF reaches u * total
-            return np.array([min(int(cdf[0].searchsorted(u[0] * cdf[0, -1])), vocab - 1)])
-        ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
-        return np.minimum(ids, vocab - 1)
+        cdf = _temperature_cdf(logits.astype(np.float64), temperature)  # (batch, vocab), on a copy
+        return _draw(cdf, 1.0 - rng.random(cdf.shape[0]))
     probs = probabilities(logits, temperature, top_k, top_p, checked=True)
     if temperature == 0:
         return probs.argmax(axis=1)
-    cdf = np.cumsum(probs, axis=1)
-    # u in (0, 1]: the first index whose CDF reaches u * total always has non-zero probability.
-    u = 1.0 - rng.random(probs.shape[0])
-    ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
-    return np.minimum(ids, probs.shape[1] - 1)
+    return _draw(np.cumsum(probs, axis=1), 1.0 - rng.random(probs.shape[0]))
 
 
 def sample_rows(logits: np.ndarray, parts: list[tuple[int, np.random.Generator, float, int, float]]) -> np.ndarray:
@@ -117,12 +122,8 @@ def sample_rows(logits: np.ndarray, parts: list[tuple[int, np.random.Generator, 
         start += rows
     if plain:
         index = np.concatenate([np.arange(first, first + rows) for first, rows, _, _ in plain])
-        weights = np.asarray(logits)[index].astype(np.float64)  # (plain rows, vocab)
-        # The operations of sample(), row by row identical (dividing by a temperature of 1 changes nothing).
-        weights -= weights.max(axis=1, keepdims=True)
-        with np.errstate(over="ignore"):
-            weights /= np.repeat([temperature for _, _, _, temperature in plain], [rows for _, rows, _, _ in plain])[:, None]
-        cdf = np.exp(weights, out=weights).cumsum(axis=1, out=weights)
-        u = np.concatenate([1.0 - rng.random(rows) for _, rows, rng, _ in plain])
-        ids[index] = np.minimum((cdf < (u * cdf[:, -1])[:, None]).sum(axis=1), cdf.shape[1] - 1)
+        # Row by row the arithmetic of sample() (dividing by a temperature of 1 changes nothing).
+        temperatures = np.repeat([temperature for *_, temperature in plain], [rows for _, rows, _, _ in plain])[:, None]
+        cdf = _temperature_cdf(np.asarray(logits)[index].astype(np.float64), temperatures)  # (plain rows, vocab)
+        ids[index] = _draw(cdf, np.concatenate([1.0 - rng.random(rows) for _, rows, rng, _ in plain]))
     return ids
