@@ -211,17 +211,21 @@ class CharRNN(nn.Module):
         logits = F.linear(self._locked_dropout(x).to(dtype), self.dense.weight.to(dtype), self.dense.bias.to(dtype))
         return logits.float().transpose(0, 1), torch.stack(finals)  # (batch, time, vocab)
 
-    def packed_weights(self, dtype: torch.dtype) -> "PackedWeights":
-        """The weights laid out for generation's step kernels, prepared once per dtype and reused until a
-        parameter changes (in-place updates bump their versions). Shared by concurrent generations."""
-        cache = self.__dict__.setdefault("_packed_weights", {})
-        key = (dtype, tuple(p._version for p in self.parameters()))
+    def prepared(self, key: tuple, build):
+        """Weights laid out for generation: build() once per key, reused until a parameter changes (in-place
+        updates bump their versions). Shared by concurrent generations (the server)."""
+        cache = self.__dict__.setdefault("_prepared_weights", {})
+        key = (*key, tuple(p._version for p in self.parameters()))
         with _PREPARE_LOCK:
             if key not in cache:
-                if len(cache) > 4:
+                if len(cache) > 8:
                     cache.clear()
-                cache[key] = PackedWeights(self, dtype)
+                cache[key] = build()
             return cache[key]
+
+    def packed_weights(self, dtype: torch.dtype) -> "PackedWeights":
+        """The weights for generation's step kernels (one layout for every batch size)."""
+        return self.prepared(("packed", dtype), lambda: PackedWeights(self, dtype))
 
     def _packed_forward(self, ids: torch.Tensor, state: torch.Tensor, dtype: torch.dtype):
         """forward() outside training, through the step kernels: every product a fixed-order dot product
@@ -342,10 +346,16 @@ class Stepper:
 
     def _fallback_buffers(self, batch: int):
         model, dtype, hidden, layers = self.model, self.dtype, self.model.config.hidden_size, self.model.config.num_layers
-        with torch.no_grad():
+
+        @torch.no_grad()
+        def build():
             projections = [(Projection(w_ih, b_ih, dtype, batch), Projection(w_hh, b_hh, dtype, batch))
                            for w_ih, w_hh, b_ih, b_hh in map(model.layer_weights, range(layers))]
-            weights = (model.input_table(), projections, Projection(model.dense.weight, model.dense.bias, dtype, batch))
+            return model.input_table(), projections, Projection(model.dense.weight, model.dense.bias, dtype, batch)
+
+        # Only bf16's oneDNN-packed weights depend on the batch: fp32's serve every size, so a server whose
+        # batch changes size every few steps does not prepare them again each time.
+        weights = model.prepared(("fallback", dtype, batch if dtype == torch.bfloat16 else 1), build)
         new = lambda *shape, dtype=torch.float32: torch.empty(*shape, dtype=dtype)
         return (weights, new(batch, hidden, dtype=dtype), new(batch, hidden, dtype=dtype), new(layers, batch, hidden),
                 new(layers, batch, hidden), Scratch(new(1), batch, hidden, dtype), new(batch, 3 * hidden))
