@@ -52,19 +52,28 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="steps on the licences, each way (default 200)")
     parser.add_argument("--eval-every", type=int, default=20)
     shared = ROOT.parent / "shared" / "data"
-    parser.add_argument("--data-dir", default=os.environ.get("CHARRNN_DATA_DIR") or (str(shared) if shared.is_dir() else None),
-                        help="folder holding shakespeare.txt (default $CHARRNN_DATA_DIR, else ../shared/data, else downloaded)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("CHARRNN_DATA_DIR") or (str(shared) if shared.is_dir() else None),
+        help="folder holding shakespeare.txt (default $CHARRNN_DATA_DIR, else ../shared/data, else downloaded)",
+    )
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "finetune.png")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="charrnn-finetune-"))
     licences = work / "licences.txt"
-    licences.write_text("\n".join(Path("/usr/share/common-licenses", n).read_text(encoding="utf-8") for n in LICENCES),
-                        encoding="utf-8")
+    licences.write_text(
+        "\n".join(Path("/usr/share/common-licenses", n).read_text(encoding="utf-8") for n in LICENCES), encoding="utf-8"
+    )
     common = dict(batch_size=64, seq_len=100, seed=1, tensorboard="off", checkpoint_every=0, log_every=10)
     base = work / "shakespeare"
     print(f"1/3 Shakespeare, {args.base_steps} steps -> {base}", file=sys.stderr)
-    Trainer.create(base, TrainConfig(text="shakespeare", max_steps=args.base_steps, epochs=100, **common), MODEL,
-                   data_dir=args.data_dir, out=open(os.devnull, "w")).fit()
+    Trainer.create(
+        base,
+        TrainConfig(text="shakespeare", max_steps=args.base_steps, epochs=100, **common),
+        MODEL,
+        data_dir=args.data_dir,
+        out=open(os.devnull, "w"),
+    ).fit()
     target = TrainConfig(text=str(licences), max_steps=args.steps, epochs=1000, **common)
     print(f"2/3 licences from scratch, {args.steps} steps", file=sys.stderr)
     scratch = run(work / "scratch", target, MODEL, args.eval_every)

@@ -19,7 +19,9 @@ EMBEDDING_DIM, RNN_UNITS = 256, 1024
 def lookups(text: str):
     vocab = sorted(set(text))
     ids_from_chars = tf.keras.layers.StringLookup(vocabulary=list(vocab), mask_token=None)
-    chars_from_ids = tf.keras.layers.StringLookup(vocabulary=ids_from_chars.get_vocabulary(), invert=True, mask_token=None)
+    chars_from_ids = tf.keras.layers.StringLookup(
+        vocabulary=ids_from_chars.get_vocabulary(), invert=True, mask_token=None
+    )
     return ids_from_chars, chars_from_ids
 
 
@@ -30,8 +32,12 @@ def split_input_target(sequence):
 def dataset(text: str, ids_from_chars):
     all_ids = ids_from_chars(tf.strings.unicode_split(text, "UTF-8"))
     sequences = tf.data.Dataset.from_tensor_slices(all_ids).batch(SEQ_LENGTH + 1, drop_remainder=True)
-    return (sequences.map(split_input_target).shuffle(BUFFER_SIZE)
-            .batch(BATCH_SIZE, drop_remainder=True).prefetch(tf.data.experimental.AUTOTUNE))
+    return (
+        sequences.map(split_input_target)
+        .shuffle(BUFFER_SIZE)
+        .batch(BATCH_SIZE, drop_remainder=True)
+        .prefetch(tf.data.experimental.AUTOTUNE)
+    )
 
 
 class MyModel(tf.keras.Model):
@@ -58,8 +64,9 @@ class OneStep(tf.keras.Model):
         self.chars_from_ids = chars_from_ids
         self.ids_from_chars = ids_from_chars
         skip_ids = self.ids_from_chars(["[UNK]"])[:, None]  # never generate "[UNK]"
-        sparse_mask = tf.SparseTensor(values=[-float("inf")] * len(skip_ids), indices=skip_ids,
-                                      dense_shape=[len(ids_from_chars.get_vocabulary())])
+        sparse_mask = tf.SparseTensor(
+            values=[-float("inf")] * len(skip_ids), indices=skip_ids, dense_shape=[len(ids_from_chars.get_vocabulary())]
+        )
         self.prediction_mask = tf.sparse.to_dense(sparse_mask)
 
     @tf.function
@@ -119,5 +126,7 @@ def generate(text: str, length: int, batch: int, repeats: int = 3):
 
 
 def versions() -> str:
-    return f"tensorflow {tf.__version__}, keras {tf.keras.__version__ if hasattr(tf.keras, '__version__') else '?'}, " \
-           f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
+    return (
+        f"tensorflow {tf.__version__}, keras {tf.keras.__version__ if hasattr(tf.keras, '__version__') else '?'}, "
+        f"intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'default'}"
+    )

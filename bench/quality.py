@@ -63,7 +63,8 @@ def build_other_corpus(folder: Path) -> Path | None:
 
 def cpu_name() -> str:
     try:
-        from charrnn.cpu import cpu_model
+        from charrnn.kernels.cpu import cpu_model
+
         return cpu_model()
     except Exception:  # the bench still reports without it
         return platform.processor() or "unknown CPU"
@@ -72,16 +73,34 @@ def cpu_name() -> str:
 def train(run: Path, text: Path, minutes: float, preset: str | None, flags: str, first: bool) -> tuple[list[str], str]:
     """Train (or resume) `run` until `minutes` of training time; returns (command, stderr)."""
     if first:
-        command = ["charrnn", "train", "--run", str(run), "--text", str(text), "--val-fraction", "0.1",
-                   "--max-minutes", f"{minutes:g}", "--checkpoint-every", "0", "--tensorboard", "off"]
+        command = [
+            "charrnn",
+            "train",
+            "--run",
+            str(run),
+            "--text",
+            str(text),
+            "--val-fraction",
+            "0.1",
+            "--max-minutes",
+            f"{minutes:g}",
+            "--checkpoint-every",
+            "0",
+            "--tensorboard",
+            "off",
+        ]
         # A preset plans its own epochs (its learning-rate schedule depends on them); the default recipe
         # gets enough epochs to fill the budget.
         command += ["--preset", preset] if preset else ["--epochs", "1000"]
         command += shlex.split(flags)
     else:
         command = ["charrnn", "train", "--resume", str(run), "--max-minutes", f"{minutes:g}"]
-    result = subprocess.run([sys.executable, "-m", *command], stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    result = subprocess.run(
+        [sys.executable, "-m", *command],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
     if result.returncode != 0:
         sys.exit(f"training failed:\n{result.stderr[-3000:]}")
     return command, result.stderr
@@ -92,12 +111,14 @@ def score(run: Path, text: Path, windows: int) -> dict[str, float]:
     import charrnn
 
     content = text.read_text(encoding="utf-8")
-    val = content[int(0.9 * len(content)):]
+    val = content[int(0.9 * len(content)) :]
     model = charrnn.load(run, checkpoint="best")
     return {p: model.evaluate(val, drop_unknown=True, protocol=p, windows=windows)["loss"] for p in PROTOCOLS}
 
 
-def bench(name: str, text: Path, marks: list[float], preset: str | None, flags: str, windows: int, keep: Path | None) -> None:
+def bench(
+    name: str, text: Path, marks: list[float], preset: str | None, flags: str, windows: int, keep: Path | None
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = (keep / name) if keep else Path(tmp) / "run"
         if run.exists():
@@ -121,20 +142,26 @@ def bench(name: str, text: Path, marks: list[float], preset: str | None, flags: 
     print("command:", " ".join(shlex.quote(c) for c in command).replace(str(run), "RUN"))
     print(f"model {config['model']}")
     print(f"train {json.dumps({k: v for k, v in config['train'].items() if k not in ('text',)})}")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}; "
-          f"wall {(time.time() - started) / 60:.1f} min in all")
+    print(
+        f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}; "
+        f"wall {(time.time() - started) / 60:.1f} min in all"
+    )
     header = f"{'budget':>7}{'chunks':>9}{'stateful':>10}{'windows':>9}   {'best epoch':>10}{'step':>7}{'ms/step':>9}  {'val criterion':<14}{'scoring s':>10}"
     print(header)
     for mark, losses, best, last, seconds, finished in rows:
         stop = " (run had stopped)" if finished else ""
-        print(f"{mark:5g} m{losses['chunks']:9.4f}{losses['stateful']:10.4f}{losses['windows']:9.4f}   "
-              f"{best.get('epoch', '-'):>10}{best.get('step', '-'):>7}{last.get('ms_per_step', float('nan')):9.0f}  "
-              f"{best.get('val_protocol', 'chunks'):<14}{seconds:10.0f}{stop}")
+        print(
+            f"{mark:5g} m{losses['chunks']:9.4f}{losses['stateful']:10.4f}{losses['windows']:9.4f}   "
+            f"{best.get('epoch', '-'):>10}{best.get('step', '-'):>7}{last.get('ms_per_step', float('nan')):9.0f}  "
+            f"{best.get('val_protocol', 'chunks'):<14}{seconds:10.0f}{stop}"
+        )
     final = rows[-1][1]
     if name != "shakespeare":
         return  # nanoGPT's figure and the targets are Shakespeare's
-    print(f"nanoGPT (windows protocol): {NANOGPT:.4f}; bits/char at the last mark: "
-          + ", ".join(f"{p} {final[p] / math.log(2):.4f}" for p in PROTOCOLS))
+    print(
+        f"nanoGPT (windows protocol): {NANOGPT:.4f}; bits/char at the last mark: "
+        + ", ".join(f"{p} {final[p] / math.log(2):.4f}" for p in PROTOCOLS)
+    )
     for protocol, target in TARGETS.items():
         verdict = "met" if final[protocol] <= target else f"missed by {final[protocol] - target:.4f}"
         print(f"target {protocol} <= {target:.2f}: {final[protocol]:.4f} ({verdict})")
@@ -145,10 +172,13 @@ def main() -> None:
     parser.add_argument("--preset", help="a charrnn preset (default: the default recipe)")
     parser.add_argument("--minutes", type=float, default=30.0, help="the Shakespeare budget (default 30)")
     parser.add_argument("--checkpoints", default="10,30", help="minute marks scored (default 10,30; <= --minutes)")
-    parser.add_argument("--other-minutes", type=float, default=10.0,
-                        help="budget on the second corpus (default 10; 0 = skip it)")
+    parser.add_argument(
+        "--other-minutes", type=float, default=10.0, help="budget on the second corpus (default 10; 0 = skip it)"
+    )
     parser.add_argument("--flags", default="", help="extra `charrnn train` flags, quoted")
-    parser.add_argument("--windows", type=int, default=12_800, help="windows protocol: windows scored (default 200 x 64)")
+    parser.add_argument(
+        "--windows", type=int, default=12_800, help="windows protocol: windows scored (default 200 x 64)"
+    )
     parser.add_argument("--run", type=Path, help="keep the runs in this folder (default: temporary)")
     args = parser.parse_args()
     marks = sorted({float(m) for m in args.checkpoints.split(",") if m.strip()} | {args.minutes})
@@ -160,7 +190,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             other = build_other_corpus(Path(tmp))
             if other is None:
-                print("\nsecond corpus skipped: the Vim user manual (/usr/share/vim/vim*/doc/usr_*.txt) is not installed")
+                print(
+                    "\nsecond corpus skipped: the Vim user manual (/usr/share/vim/vim*/doc/usr_*.txt) is not installed"
+                )
                 return
             bench("vim-user-manual", other, [args.other_minutes], args.preset, args.flags, args.windows, args.run)
 

@@ -33,6 +33,7 @@ def median_time(function, repeats: int) -> float:
 def cold_load(code: str, repeats: int = 3) -> float:
     def once():
         subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(ROOT / "src")})
+
     return median_time(once, repeats)
 
 
@@ -45,7 +46,7 @@ def main() -> None:
 
     import charrnn
     from charrnn import runtime
-    from charrnn.export import export
+    from charrnn.export.onnx import export
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "onnx"
@@ -53,27 +54,41 @@ def main() -> None:
         meta = export(args.run, out)
         export_seconds = time.perf_counter() - started
         size = {f.name: f.stat().st_size for f in out.iterdir()}
-        run_files = sum(p.stat().st_size for p in Path(args.run).glob("*.safetensors")) / len(list(Path(args.run).glob("*.safetensors")))
+        run_files = sum(p.stat().st_size for p in Path(args.run).glob("*.safetensors")) / len(
+            list(Path(args.run).glob("*.safetensors"))
+        )
         torch_model = charrnn.load(args.run, precision="fp32")
         onnx_model = runtime.load(out)
         rows = {}
-        for name, model, load in (("PyTorch (charrnn.load)", torch_model, lambda: charrnn.load(args.run, precision="fp32")),
-                                  ("ONNX Runtime (charrnn.runtime)", onnx_model, lambda: runtime.load(out))):
+        for name, model, load in (
+            ("PyTorch (charrnn.load)", torch_model, lambda: charrnn.load(args.run, precision="fp32")),
+            ("ONNX Runtime (charrnn.runtime)", onnx_model, lambda: runtime.load(out)),
+        ):
             model.generate("ROMEO:", length=20, seed=0)  # warm-up
             rows[name] = {
                 "load": median_time(load, args.repeats),
-                "b1": median_time(lambda: model.generate("ROMEO:", length=args.chars, seed=1), args.repeats),
-                "b5": median_time(lambda: model.generate("ROMEO:", length=args.chars, seed=1, num_samples=5), args.repeats),
+                "b1": median_time(
+                    lambda model=model: model.generate("ROMEO:", length=args.chars, seed=1), args.repeats
+                ),
+                "b5": median_time(
+                    lambda model=model: model.generate("ROMEO:", length=args.chars, seed=1, num_samples=5), args.repeats
+                ),
             }
         rows["PyTorch (charrnn.load)"]["cold"] = cold_load(f"import charrnn; charrnn.load({args.run!r})")
-        rows["ONNX Runtime (charrnn.runtime)"]["cold"] = cold_load(f"from charrnn import runtime; runtime.load({str(out)!r})")
+        rows["ONNX Runtime (charrnn.runtime)"]["cold"] = cold_load(
+            f"from charrnn import runtime; runtime.load({str(out)!r})"
+        )
         same = torch_model.generate("ROMEO:", length=300, seed=5) == onnx_model.generate("ROMEO:", length=300, seed=5)
 
     print(f"command: python bench/runtime.py {args.run}")
-    print(f"model: {meta['model']['cell']} x{meta['model']['num_layers']}, hidden {meta['model']['hidden_size']}, "
-          f"{meta['parameters']:,} parameters; export took {export_seconds:.1f} s, max |logit diff| vs PyTorch {meta['verified_max_abs_diff']:.1e}")
-    print(f"export size: model.onnx {size['model.onnx'] / 1e6:.1f} MB + vocab.json {size['vocab.json']} B + export.json "
-          f"{size['export.json']} B (the run's weights: {run_files / 1e6:.1f} MB per checkpoint)")
+    print(
+        f"model: {meta['model']['cell']} x{meta['model']['num_layers']}, hidden {meta['model']['hidden_size']}, "
+        f"{meta['parameters']:,} parameters; export took {export_seconds:.1f} s, max |logit diff| vs PyTorch {meta['verified_max_abs_diff']:.1e}"
+    )
+    print(
+        f"export size: model.onnx {size['model.onnx'] / 1e6:.1f} MB + vocab.json {size['vocab.json']} B + export.json "
+        f"{size['export.json']} B (the run's weights: {run_files / 1e6:.1f} MB per checkpoint)"
+    )
     print(f"{'':32}{'load warm':>10}{'load cold':>11}{f'{args.chars} chars b1':>17}{f'{args.chars} chars b5':>17}")
     for name, r in rows.items():
         print(f"{name:32}{r['load'] * 1000:8.0f}ms{r['cold']:10.2f}s{r['b1']:16.3f}s{r['b5']:16.3f}s")

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn.cpu import cpu_model  # torch-free: no import cost here
+from charrnn.kernels.cpu import cpu_model  # torch-free: no import cost here
 
 ROOT = Path(__file__).resolve().parents[1]
 PART_BYTES = 64 << 20  # corpus files of about this size
@@ -48,7 +48,11 @@ def real_text(limit: int) -> list[bytes]:
                 if total >= limit:
                     return texts
                 try:
-                    if not path.is_file() or path.is_symlink() or path.suffix in (".gz", ".xz", ".bz2", ".zst", ".pdf", ".png"):
+                    if (
+                        not path.is_file()
+                        or path.is_symlink()
+                        or path.suffix in (".gz", ".xz", ".bz2", ".zst", ".pdf", ".png")
+                    ):
                         continue
                     data = path.read_bytes()
                     data.decode("utf-8")
@@ -114,8 +118,13 @@ def watch(cmd: list[str], environ: dict[str, str], metrics: Path | None = None, 
     out, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
-    return {"seconds": time.monotonic() - started, "peak_rss_anon_mb": peak / 1024, "first_step_s": first_step,
-            "stdout": out, "stderr": err}
+    return {
+        "seconds": time.monotonic() - started,
+        "peak_rss_anon_mb": peak / 1024,
+        "first_step_s": first_step,
+        "stdout": out,
+        "stderr": err,
+    }
 
 
 def _children(pid: int) -> list[str]:
@@ -129,12 +138,12 @@ def step_times(metrics: Path, skip: int = 2) -> list[float]:
     """Seconds per step from consecutive step records (log_every 1), after `skip` warm-up steps."""
     steps = [r for r in map(json.loads, metrics.read_text().splitlines()) if r["kind"] == "step"]
     times = [b["elapsed"] - a["elapsed"] for a, b in zip(steps, steps[1:])]
-    return times[min(skip, len(times) - 1):] or [float("nan")]
+    return times[min(skip, len(times) - 1) :] or [float("nan")]
 
 
 PREPARE = """
 import json, sys, time, resource
-from charrnn.prepare import prepare
+from charrnn.data.prepare import prepare
 t = time.perf_counter()
 p = prepare(sys.argv[1])
 print(json.dumps({"seconds": time.perf_counter() - t, "chars": p.chars, "vocab": len(p.vocab), "npy": str(p.path),
@@ -144,10 +153,11 @@ print(json.dumps({"seconds": time.perf_counter() - t, "chars": p.chars, "vocab":
 EVALUATE = """
 import json, sys, time
 import numpy as np
-from charrnn.checkpoint import load_run
-from charrnn.data import eval_sample, split
-from charrnn.model import evaluate_loss, resolve_device, resolve_precision
-from charrnn.prepare import prepare
+from charrnn.model.weights import load_run
+from charrnn.data.batches import eval_sample, split
+from charrnn.model.scoring import evaluate_loss
+from charrnn.model.precision import resolve_device, resolve_precision
+from charrnn.data.prepare import prepare
 model, vocab, _, config, _ = load_run(sys.argv[1], "latest", device=resolve_device(sys.argv[2]))
 model.compute_dtype = resolve_precision(config.precision, model.dense.weight.device)
 ids = prepare(config.text, encoding=config.encoding, skip_chars=config.skip_chars, decode_errors=config.decode_errors).ids
@@ -164,9 +174,21 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1024, help="corpus size (default 1024 = 1 GB)")
     parser.add_argument("--steps", type=int, default=20, help="training steps of the default model (default 20)")
     parser.add_argument("--ddp-steps", type=int, default=30, help="steps of the small model per layout (default 30)")
-    parser.add_argument("--eval-chars", type=int, default=2_000_000, help="the bounded validation sample (default 2,000,000, charrnn's default)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device of the default-model run (default auto)")
-    parser.add_argument("--workdir", default=None, help="where the temporary corpus, cache and runs go (default $TMPDIR)")
+    parser.add_argument(
+        "--eval-chars",
+        type=int,
+        default=2_000_000,
+        help="the bounded validation sample (default 2,000,000, charrnn's default)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="device of the default-model run (default auto)",
+    )
+    parser.add_argument(
+        "--workdir", default=None, help="where the temporary corpus, cache and runs go (default $TMPDIR)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="charrnn-scale-", dir=args.workdir))
@@ -182,8 +204,10 @@ def run_all(args, work: Path) -> None:
     corpus, cache = work / "corpus", work / "cache"
     t = time.perf_counter()
     size, distinct = build_corpus(corpus, args.size_mb << 20)
-    print(f"built {size / 1e6:,.0f} MB corpus ({distinct / 1e6:,.0f} MB of distinct text, repeated) in {time.perf_counter() - t:.0f} s",
-          file=sys.stderr)
+    print(
+        f"built {size / 1e6:,.0f} MB corpus ({distinct / 1e6:,.0f} MB of distinct text, repeated) in {time.perf_counter() - t:.0f} s",
+        file=sys.stderr,
+    )
     text = str(corpus / "*.txt")
 
     # 1. preparation, cold
@@ -193,14 +217,39 @@ def run_all(args, work: Path) -> None:
 
     # 2. default model with the cache in place. A user's second run also finds the fused kernels built
     # and the CPU probed (once per machine, in the same cache), so do those first, untimed.
-    subprocess.run([python, "-c", "import charrnn.model, charrnn.kernels as k; k.available()"], env=env(cache), check=True)
+    subprocess.run(
+        [python, "-c", "import charrnn.model, charrnn.kernels as k; k.available()"], env=env(cache), check=True
+    )
     run = work / "runs" / "default"
-    train = watch([python, "-m", "charrnn", "train", "--text", text, "--run", str(run), "--max-steps", str(args.steps),
-                   "--log-every", "1", "--checkpoint-every", "0", "--eval-chars", str(args.eval_chars), "--device", args.device],
-                  env(cache), metrics=run / "metrics.jsonl")
+    train = watch(
+        [
+            python,
+            "-m",
+            "charrnn",
+            "train",
+            "--text",
+            text,
+            "--run",
+            str(run),
+            "--max-steps",
+            str(args.steps),
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--eval-chars",
+            str(args.eval_chars),
+            "--device",
+            args.device,
+        ],
+        env(cache),
+        metrics=run / "metrics.jsonl",
+    )
     ms_step = 1000 * statistics.median(step_times(run / "metrics.jsonl"))
     config = json.loads((run / "config.json").read_text())
-    steps_per_epoch = config["corpus"]["train_chars"] // (config["train"]["seq_len"] + 1) // config["train"]["batch_size"]
+    steps_per_epoch = (
+        config["corpus"]["train_chars"] // (config["train"]["seq_len"] + 1) // config["train"]["batch_size"]
+    )
 
     # 3. validation on the bounded sample against one epoch of training
     evaluation = watch([python, "-c", EVALUATE, str(run), args.device], env(cache))
@@ -209,8 +258,22 @@ def run_all(args, work: Path) -> None:
     full_val_s = ev["seconds"] * ev["val"] / max(1, ev["sample"])
 
     # 4. DDP: 2 processes x 1 thread against 1 process x 2 threads, small model
-    small = ["--text", text, "--hidden", "256", "--embedding", "64", "--max-steps", str(args.ddp_steps), "--log-every", "1",
-             "--checkpoint-every", "0", "--eval-chars", "20000"]
+    small = [
+        "--text",
+        text,
+        "--hidden",
+        "256",
+        "--embedding",
+        "64",
+        "--max-steps",
+        str(args.ddp_steps),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--eval-chars",
+        "20000",
+    ]
     layouts = {}
     for name, extra, threads in (("2 processes x 1 thread", ["--nproc", "2"], 1), ("1 process x 2 threads", [], 2)):
         path = work / "runs" / name.replace(" ", "_")
@@ -222,12 +285,28 @@ def run_all(args, work: Path) -> None:
     print(f"command: python bench/scale.py {' '.join(sys.argv[1:])}".rstrip())
     rows = [
         ("corpus", f"{size / 1e6:,.0f} MB, {info['chars']:,} characters, vocabulary {info['vocab']}", ""),
-        ("preparation, cold cache", f"{size / 1e6 / info['seconds']:,.0f} MB/s ({info['seconds']:.1f} s)", "target >= 100 MB/s"),
+        (
+            "preparation, cold cache",
+            f"{size / 1e6 / info['seconds']:,.0f} MB/s ({info['seconds']:.1f} s)",
+            "target >= 100 MB/s",
+        ),
         ("preparation peak RssAnon", f"{prep['peak_rss_anon_mb']:,.0f} MB", ""),
         ("first step, cache in place", f"{train['first_step_s']:.1f} s after the command", "target <= 15 s"),
-        ("training peak RssAnon", f"{train['peak_rss_anon_mb']:,.0f} MB (memory-mapped ids: {npy_mb:,.0f} MB)", "target <= 1 GB"),
-        (f"default model ({args.device})", f"{ms_step:,.0f} ms/step, {steps_per_epoch:,} steps/epoch = {epoch_s / 3600:,.1f} h/epoch", ""),
-        ("validation, bounded sample", f"{ev['seconds']:,.1f} s for {ev['sample']:,} characters", f"vs {epoch_s:,.0f} s training/epoch"),
+        (
+            "training peak RssAnon",
+            f"{train['peak_rss_anon_mb']:,.0f} MB (memory-mapped ids: {npy_mb:,.0f} MB)",
+            "target <= 1 GB",
+        ),
+        (
+            f"default model ({args.device})",
+            f"{ms_step:,.0f} ms/step, {steps_per_epoch:,} steps/epoch = {epoch_s / 3600:,.1f} h/epoch",
+            "",
+        ),
+        (
+            "validation, bounded sample",
+            f"{ev['seconds']:,.1f} s for {ev['sample']:,} characters",
+            f"vs {epoch_s:,.0f} s training/epoch",
+        ),
         ("validation, whole split", f"~{full_val_s:,.0f} s for {ev['val']:,} characters (--eval-chars 0)", ""),
     ] + [(f"small model, {name}", f"{rate:.2f} steps/s", "") for name, rate in layouts.items()]
     width = max(len(r[0]) for r in rows) + 2

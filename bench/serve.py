@@ -36,15 +36,34 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-from charrnn.cpu import cpu_model  # noqa: E402  (torch-free)
+from charrnn.kernels.cpu import cpu_model  # noqa: E402  (torch-free)
 
 
 def make_run(directory: Path, embedding: int, hidden: int, data_dir: str | None) -> Path:
     """A run with the given shapes on Shakespeare after one short training step (a few seconds)."""
     run = directory / "run"
-    command = [sys.executable, "-m", "charrnn", "train", "--run", str(run), "--text", "shakespeare", "--max-steps", "1",
-               "--batch-size", "8", "--seq-len", "50", "--eval-chars", "2000", "--embedding", str(embedding),
-               "--hidden", str(hidden)] + (["--data-dir", data_dir] if data_dir else [])
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        "--run",
+        str(run),
+        "--text",
+        "shakespeare",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "50",
+        "--eval-chars",
+        "2000",
+        "--embedding",
+        str(embedding),
+        "--hidden",
+        str(hidden),
+    ] + (["--data-dir", data_dir] if data_dir else [])
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
     if done.returncode:
         raise SystemExit(f"could not make a run ({shlex.join(command)}):\n{done.stderr.strip()}")
@@ -52,8 +71,21 @@ def make_run(directory: Path, embedding: int, hidden: int, data_dir: str | None)
 
 
 def start_server(run: Path, args) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "charrnn", "serve", str(run), "--port", "0", "--max-length", str(args.chars),
-               "--max-batch", str(args.max_batch), "--precision", args.precision] + (["--threads", str(args.threads)] if args.threads else [])
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "serve",
+        str(run),
+        "--port",
+        "0",
+        "--max-length",
+        str(args.chars),
+        "--max-batch",
+        str(args.max_batch),
+        "--precision",
+        args.precision,
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -90,8 +122,9 @@ async def one_round(url: str, clients: int, chars: int, timeout: float) -> dict:
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as http:
         started = time.perf_counter()
-        results = await asyncio.wait_for(asyncio.gather(*(one_client(http, url, chars, seed) for seed in range(clients))),
-                                         timeout)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(one_client(http, url, chars, seed) for seed in range(clients))), timeout
+        )
         wall = time.perf_counter() - started
     total = sum(n for r in results for _, n in r["arrivals"])
     firsts, per_char = [], []
@@ -102,9 +135,19 @@ async def one_round(url: str, clients: int, chars: int, timeout: float) -> dict:
             per_char += [(at - previous) / n] * n
             previous = at
     per_char.sort()
-    pick = lambda q: per_char[min(len(per_char) - 1, int(q * len(per_char)))] if per_char else float("nan")
-    return {"clients": clients, "chars_per_s": total / wall, "ttfc_s": statistics.median(firsts),
-            "p50_ms": pick(0.50) * 1e3, "p99_ms": pick(0.99) * 1e3, "chars": total, "wall_s": wall}
+
+    def pick(q):
+        return per_char[min(len(per_char) - 1, int(q * len(per_char)))] if per_char else float("nan")
+
+    return {
+        "clients": clients,
+        "chars_per_s": total / wall,
+        "ttfc_s": statistics.median(firsts),
+        "p50_ms": pick(0.50) * 1e3,
+        "p99_ms": pick(0.99) * 1e3,
+        "chars": total,
+        "wall_s": wall,
+    }
 
 
 def main() -> None:
@@ -117,7 +160,9 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=500, help="characters per client")
     parser.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch")
     parser.add_argument("--threads", type=int, help="the server's --threads (default: its default, the cores)")
-    parser.add_argument("--precision", default="auto", help="the server's --precision: auto (default), fp32, bf16, int8")
+    parser.add_argument(
+        "--precision", default="auto", help="the server's --precision: auto (default), fp32, bf16, int8"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed per round")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
@@ -129,16 +174,22 @@ def main() -> None:
         server, url = start_server(run, args)
         try:
             info = httpx.get(f"{url}/health", timeout=30).json()
-            print(f"serving {run} at {url}: precision {info['precision']}, --max-batch {info['max_batch']}, "
-                  f"{args.chars} characters per client")
-            asyncio.run(one_round(url, 1, min(50, args.chars), args.timeout))  # warm-up: weights prepared, kernels loaded
+            print(
+                f"serving {run} at {url}: precision {info['precision']}, --max-batch {info['max_batch']}, "
+                f"{args.chars} characters per client"
+            )
+            asyncio.run(
+                one_round(url, 1, min(50, args.chars), args.timeout)
+            )  # warm-up: weights prepared, kernels loaded
             rows = []
             print(f"{'clients':>7} {'chars/s':>10} {'first char (median)':>20} {'p50/char':>10} {'p99/char':>10}")
             for clients in counts:
                 row = asyncio.run(one_round(url, clients, args.chars, args.timeout))
                 rows.append(row)
-                print(f"{clients:>7} {row['chars_per_s']:>10,.0f} {row['ttfc_s'] * 1e3:>17.1f} ms "
-                      f"{row['p50_ms']:>7.2f} ms {row['p99_ms']:>7.2f} ms")
+                print(
+                    f"{clients:>7} {row['chars_per_s']:>10,.0f} {row['ttfc_s'] * 1e3:>17.1f} ms "
+                    f"{row['p50_ms']:>7.2f} ms {row['p99_ms']:>7.2f} ms"
+                )
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -146,8 +197,12 @@ def main() -> None:
     if 1 in by and 16 in by:
         speedup = by[16]["chars_per_s"] / by[1]["chars_per_s"]
         slower = by[16]["ttfc_s"] / by[1]["ttfc_s"]
-        print(f"target: 16 clients' throughput >= 8x one client's: {speedup:.1f}x ({'met' if speedup >= 8 else 'MISSED'})")
-        print(f"target: 16 clients' first character <= 2x one client's: {slower:.1f}x ({'met' if slower <= 2 else 'MISSED'})")
+        print(
+            f"target: 16 clients' throughput >= 8x one client's: {speedup:.1f}x ({'met' if speedup >= 8 else 'MISSED'})"
+        )
+        print(
+            f"target: 16 clients' first character <= 2x one client's: {slower:.1f}x ({'met' if slower <= 2 else 'MISSED'})"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from charrnn.cpu import cpu_model  # torch-free
+from charrnn.kernels.cpu import cpu_model  # torch-free
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
 
 def shakespeare() -> str:
     sys.path.insert(0, str(ROOT / "src"))
-    from charrnn.corpus import load_text
+    from charrnn.data.sources import load_text
 
     return load_text("shakespeare").text
 
@@ -51,9 +51,9 @@ def worker_train_ours(args) -> dict:
     import numpy as np
     import torch
 
-    from charrnn import kernels
     from charrnn.config import TrainConfig
-    from charrnn.train import Trainer
+    from charrnn.kernels import build as kernels
+    from charrnn.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run, open(os.devnull, "w") as quiet:
         config = TrainConfig(val_fraction=0.0, precision=args.precision, seed=args.seed)
@@ -66,10 +66,15 @@ def worker_train_ours(args) -> dict:
             losses.append(trainer.train_step(inputs, targets))
             times.append(time.perf_counter() - started)
     timed = times[args.warmup :]
-    return {"ms_per_step": 1000 * statistics.median(timed), "ms_min": 1000 * min(timed),
-            "running_loss": float(np.mean(losses)), "precision": trainer.precision,
-            "fused_kernels": kernels.available(), "threads": torch.get_num_threads(),
-            "versions": f"torch {torch.__version__}"}
+    return {
+        "ms_per_step": 1000 * statistics.median(timed),
+        "ms_min": 1000 * min(timed),
+        "running_loss": float(np.mean(losses)),
+        "precision": trainer.precision,
+        "fused_kernels": kernels.available(),
+        "threads": torch.get_num_threads(),
+        "versions": f"torch {torch.__version__}",
+    }
 
 
 def tutorial_model(precision: str):
@@ -77,9 +82,9 @@ def tutorial_model(precision: str):
     import torch
 
     from charrnn.config import ModelConfig
-    from charrnn.generate import CharModel
-    from charrnn.model import CharRNN
-    from charrnn.vocab import Vocab
+    from charrnn.data.vocab import Vocab
+    from charrnn.generation.torch_model import CharModel
+    from charrnn.model.network import CharRNN
 
     vocab = Vocab.from_text(shakespeare())
     torch.manual_seed(0)
@@ -90,7 +95,7 @@ def worker_generate_ours(args) -> dict:
     """Generation as `charrnn generate` runs it (model loaded): 1000 characters at batch 1, 5 and 64."""
     import torch
 
-    from charrnn.model import precision_name
+    from charrnn.model.precision import precision_name
 
     model = tutorial_model(args.precision)
     out = {"threads": torch.get_num_threads()}
@@ -103,8 +108,11 @@ def worker_generate_ours(args) -> dict:
             times.append(time.perf_counter() - started)
             assert len(texts) == batch and len(texts[0]) == len("ROMEO:") + args.chars
         seconds = statistics.median(times)
-        out[f"b{batch}"] = {"seconds": seconds, "chars_per_s": batch * args.chars / seconds,
-                            "precision": precision_name(model.dtype_for(batch))}
+        out[f"b{batch}"] = {
+            "seconds": seconds,
+            "chars_per_s": batch * args.chars / seconds,
+            "precision": precision_name(model.dtype_for(batch)),
+        }
     return out
 
 
@@ -116,13 +124,16 @@ def worker_steps_ours(args) -> dict:
     import numpy as np
     import torch
 
-    from charrnn.model import Stepper, precision_name
+    from charrnn.model.precision import precision_name
+    from charrnn.model.stepper import Stepper
 
     model = tutorial_model("auto")
     out = {}
-    from charrnn import stepkernels
+    from charrnn.kernels import step as stepkernels
 
-    kinds = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + ([("int8", torch.int8)] if stepkernels.usable(torch.int8) else [])
+    kinds = [("fp32", torch.float32), ("bf16", torch.bfloat16)] + (
+        [("int8", torch.int8)] if stepkernels.usable(torch.int8) else []
+    )
     for precision, dtype in kinds:
         for batch in STEP_BATCHES:
             stepper, ids = Stepper(model.model, dtype), np.zeros(batch, dtype=np.int64)
@@ -147,17 +158,33 @@ def worker_first_char(args) -> dict:
     import tempfile
 
     from charrnn.config import TrainConfig
-    from charrnn.train import Trainer
+    from charrnn.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
         run = Path(tmp) / "run"
         Trainer.create(run, TrainConfig(val_fraction=0.0, max_steps=1, tensorboard="off"), out=quiet).fit()
-        command = [sys.executable, "-m", "charrnn", "generate", str(run), "--prompt", "ROMEO:", "--length", "1000", "--seed", "0"]
+        command = [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "generate",
+            str(run),
+            "--prompt",
+            "ROMEO:",
+            "--length",
+            "1000",
+            "--seed",
+            "0",
+        ]
         times = []
         for _ in range(args.repeats):
             started = time.perf_counter()
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            )
             process.stdout.read(len("ROMEO:") + 1)  # the prompt, then the first generated character
             times.append(time.perf_counter() - started)
             process.stdout.read()
@@ -172,8 +199,13 @@ def worker_train_peer(args) -> dict:
     times, losses, params = peer_tf.train(shakespeare(), args.warmup + args.steps, seed=args.seed)
     timed = times[args.warmup :]
     # Keras reports the running mean of the epoch's loss, the same figure as ours above.
-    return {"ms_per_step": 1000 * statistics.median(timed), "ms_min": 1000 * min(timed),
-            "running_loss": losses[-1], "parameters": params, "versions": peer_tf.versions()}
+    return {
+        "ms_per_step": 1000 * statistics.median(timed),
+        "ms_min": 1000 * min(timed),
+        "running_loss": losses[-1],
+        "parameters": params,
+        "versions": peer_tf.versions(),
+    }
 
 
 def worker_generate_peer(args) -> dict:
@@ -195,7 +227,7 @@ def worker_learning(args) -> dict:
     import torch
 
     from charrnn.config import TrainConfig
-    from charrnn.train import Trainer
+    from charrnn.training.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as run, open(os.devnull, "w") as quiet:
         config = TrainConfig(epochs=1, precision=args.precision, seed=args.seed, checkpoint_every=0)
@@ -204,21 +236,49 @@ def worker_learning(args) -> dict:
         trainer.fit()
         seconds = time.perf_counter() - started
         epoch = [json.loads(x) for x in (Path(run) / "run" / "metrics.jsonl").read_text().splitlines()][-1]
-    return {"train_loss": epoch["train_loss"], "val_loss": epoch["val_loss"], "seconds": seconds,
-            "ms_per_step": epoch["ms_per_step"], "precision": trainer.precision, "threads": torch.get_num_threads()}
+    return {
+        "train_loss": epoch["train_loss"],
+        "val_loss": epoch["val_loss"],
+        "seconds": seconds,
+        "ms_per_step": epoch["ms_per_step"],
+        "precision": trainer.precision,
+        "threads": torch.get_num_threads(),
+    }
 
 
-WORKERS = {"train-ours": worker_train_ours, "generate-ours": worker_generate_ours, "train-peer": worker_train_peer,
-           "generate-peer": worker_generate_peer, "learning": worker_learning, "steps-ours": worker_steps_ours,
-           "first-char": worker_first_char}
+WORKERS = {
+    "train-ours": worker_train_ours,
+    "generate-ours": worker_generate_ours,
+    "train-peer": worker_train_peer,
+    "generate-peer": worker_generate_peer,
+    "learning": worker_learning,
+    "steps-ours": worker_steps_ours,
+    "first-char": worker_first_char,
+}
 
 
 def run_worker(name: str, args, python: str | None = None, **extra) -> dict | None:
-    command = [python or sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--chars", str(args.chars), "--repeats", str(args.repeats), "--seed", str(args.seed)]
+    command = [
+        python or sys.executable,
+        __file__,
+        "--worker",
+        name,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--chars",
+        str(args.chars),
+        "--repeats",
+        str(args.repeats),
+        "--seed",
+        str(args.seed),
+    ]
     for key, value in extra.items():
         command += [f"--{key}", str(value)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    )
     if result.returncode != 0:
         print(f"  {name} {extra} failed:\n{result.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -237,8 +297,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed generations per batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-peer", action="store_true", help="measure charrnn only")
-    parser.add_argument("--peer-python", default=sys.executable,
-                        help="the Python that runs the TensorFlow peer (a venv with tensorflow-cpu; default: this one)")
+    parser.add_argument(
+        "--peer-python",
+        default=sys.executable,
+        help="the Python that runs the TensorFlow peer (a venv with tensorflow-cpu; default: this one)",
+    )
     parser.add_argument("--learning-check", action="store_true", help="also train one epoch in fp32 and bf16")
     parser.add_argument("--skip-train", action="store_true", help="measure generation only")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -253,7 +316,7 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(ROOT / "src"))
-    from charrnn.model import bf16_native
+    from charrnn.model.precision import bf16_native
 
     precisions = ["fp32"] + (["bf16"] if bf16_native(torch.device("cpu")) else [])
     peer = not args.skip_peer and peer_available(args.peer_python)
@@ -269,27 +332,43 @@ def main() -> None:
     first_char = run_worker("first-char", args)
 
     if train:
-        print(f"\nTraining, tutorial model, batch 64 x 100, {args.steps} timed steps after {args.warmup} warm-up (median):")
-        print(f"{'':26}{'ms/step':>9}{'(min)':>8}{'vs peer':>9}{'loss@' + str(args.warmup + args.steps):>9}{'peak RSS':>10}")
+        print(
+            f"\nTraining, tutorial model, batch 64 x 100, {args.steps} timed steps after {args.warmup} warm-up (median):"
+        )
+        print(
+            f"{'':26}{'ms/step':>9}{'(min)':>8}{'vs peer':>9}{'loss@' + str(args.warmup + args.steps):>9}{'peak RSS':>10}"
+        )
     for name, r in [*[(f"charrnn {p}", ours[p]) for p in precisions], ("tutorial (TF/Keras)", theirs)] if train else []:
         if r is None:
             print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>9}")
             continue
         ratio = f"{theirs['ms_per_step'] / r['ms_per_step']:.2f}x" if theirs else "-"
-        print(f"{name:26}{r['ms_per_step']:9.0f}{r['ms_min']:8.0f}{ratio:>9}{r['running_loss']:9.3f}{r['peak_rss_mb']:8.0f} MB")
+        print(
+            f"{name:26}{r['ms_per_step']:9.0f}{r['ms_min']:8.0f}{ratio:>9}{r['running_loss']:9.3f}{r['peak_rss_mb']:8.0f} MB"
+        )
     print(f"\nGeneration, {args.chars} characters after 'ROMEO:', model loaded (median of {args.repeats}):")
     print(f"{'':26}{'batch 1 s':>10}{'batch 5 s':>10}{'batch 64 chars/s':>18}{'peak RSS':>10}")
-    for name, r in [*((f"charrnn ({p})", gen_by_precision[p]) for p in gen_by_precision), ("tutorial OneStep (TF)", gen_theirs)]:
+    for name, r in [
+        *((f"charrnn ({p})", gen_by_precision[p]) for p in gen_by_precision),
+        ("tutorial OneStep (TF)", gen_theirs),
+    ]:
         if r is None:
             print(f"{name:26}{'skipped' if name.startswith('tutorial') else 'failed':>10}")
             continue
-        print(f"{name:26}{r['b1']['seconds']:10.3f}{r['b5']['seconds']:10.3f}{r['b64']['chars_per_s']:18,.0f}{r['peak_rss_mb']:8.0f} MB")
+        print(
+            f"{name:26}{r['b1']['seconds']:10.3f}{r['b5']['seconds']:10.3f}{r['b64']['chars_per_s']:18,.0f}{r['peak_rss_mb']:8.0f} MB"
+        )
     if gen_ours and gen_theirs:
-        print(f"{'speed-up':26}{gen_theirs['b1']['seconds'] / gen_ours['b1']['seconds']:9.1f}x"
-              f"{gen_theirs['b5']['seconds'] / gen_ours['b5']['seconds']:9.1f}x"
-              f"{gen_ours['b64']['chars_per_s'] / gen_theirs['b64']['chars_per_s']:17.1f}x")
+        print(
+            f"{'speed-up':26}{gen_theirs['b1']['seconds'] / gen_ours['b1']['seconds']:9.1f}x"
+            f"{gen_theirs['b5']['seconds'] / gen_ours['b5']['seconds']:9.1f}x"
+            f"{gen_ours['b64']['chars_per_s'] / gen_theirs['b64']['chars_per_s']:17.1f}x"
+        )
     if gen_ours:
-        print("charrnn generation precision by batch: " + ", ".join(f"{b[1:]}: {gen_ours[b]['precision']}" for b in ("b1", "b5", "b64")))
+        print(
+            "charrnn generation precision by batch: "
+            + ", ".join(f"{b[1:]}: {gen_ours[b]['precision']}" for b in ("b1", "b5", "b64"))
+        )
     if steps:
         print("\nOne model step (Stepper, what generation runs), microseconds (median):")
         print(f"{'batch':10}" + "".join(f"{b:>9}" for b in STEP_BATCHES))
@@ -302,8 +381,10 @@ def main() -> None:
         wrong = [b for b in STEP_BATCHES if steps["auto"][f"b{b}"] != fastest[b]]
         print(f"auto picks a slower one at batch: {wrong or 'none'}")
     if first_char:
-        print(f"\nTime to first generated character of `charrnn generate` (process start, import, load, prime): "
-              f"{first_char['seconds']:.2f} s (median of {args.repeats})")
+        print(
+            f"\nTime to first generated character of `charrnn generate` (process start, import, load, prime): "
+            f"{first_char['seconds']:.2f} s (median of {args.repeats})"
+        )
     if gen_ours:
         b1, b64 = gen_ours["b1"]["seconds"], gen_ours["b64"]["chars_per_s"]
         print("\nTargets (issue 8):")
@@ -311,14 +392,17 @@ def main() -> None:
             print(f"  batch 1, 1000 chars >= 10x the tutorial's OneStep: {gen_theirs['b1']['seconds'] / b1:.1f}x")
         print(f"  batch 1, 1000 chars <= 0.10 s: {b1:.3f} s")
         print(f"  batch 64 >= 100,000 chars/s: {b64:,.0f}")
-    versions = [f"charrnn: {next(iter(ours.values()))['versions'] if any(ours.values()) else 'training skipped'}, "
-                f"{next(iter(ours.values()))['threads'] if any(ours.values()) else '?'} threads, "
-                f"fused kernels {'on' if any(r and r['fused_kernels'] for r in ours.values()) else 'off'}"]
+    versions = [
+        f"charrnn: {next(iter(ours.values()))['versions'] if any(ours.values()) else 'training skipped'}, "
+        f"{next(iter(ours.values()))['threads'] if any(ours.values()) else '?'} threads, "
+        f"fused kernels {'on' if any(r and r['fused_kernels'] for r in ours.values()) else 'off'}"
+    ]
     if theirs:
         versions.append(f"peer: {theirs['versions']}, {theirs['parameters']:,} parameters (its vocabulary adds [UNK])")
     elif peer:
-        version = subprocess.run([args.peer_python, "-c", "import tensorflow as tf; print(tf.__version__)"],
-                                 capture_output=True, text=True).stdout.strip()
+        version = subprocess.run(
+            [args.peer_python, "-c", "import tensorflow as tf; print(tf.__version__)"], capture_output=True, text=True
+        ).stdout.strip()
         versions.append(f"peer: TensorFlow {version} ({args.peer_python})")
     elif not args.skip_peer:
         versions.append("peer: skipped (pip install -e .[bench] to install tensorflow-cpu)")
@@ -329,10 +413,14 @@ def main() -> None:
         results = {p: run_worker("learning", args, precision=p) for p in precisions}
         for p, r in results.items():
             if r:
-                print(f"  {p}: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}, {r['ms_per_step']:.0f} ms/step, "
-                      f"{r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB")
+                print(
+                    f"  {p}: train {r['train_loss']:.4f}, val {r['val_loss']:.4f}, {r['ms_per_step']:.0f} ms/step, "
+                    f"{r['seconds']:.0f} s, peak RSS {r['peak_rss_mb']:.0f} MB"
+                )
         if all(results.values()) and len(results) == 2:
-            print(f"  |val bf16 - val fp32| = {abs(results['bf16']['val_loss'] - results['fp32']['val_loss']):.4f} (target <= 0.02)")
+            print(
+                f"  |val bf16 - val fp32| = {abs(results['bf16']['val_loss'] - results['fp32']['val_loss']):.4f} (target <= 0.02)"
+            )
 
 
 if __name__ == "__main__":

@@ -49,5 +49,11 @@ def tiny_run(small_text, tmp_path_factory) -> Path:
 
 def run_cli(*args: str, cwd=None, timeout=300, env=None) -> subprocess.CompletedProcess:
     """`charrnn ARGS` in a subprocess, as a user would run it."""
-    return subprocess.run([sys.executable, "-m", "charrnn", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "charrnn", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )

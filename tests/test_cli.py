@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,10 +27,14 @@ def test_train_generate_eval_resume_end_to_end(small_text, tmp_path):
     assert "untrained loss" in result.stderr and "Total params" in result.stderr
     assert "epoch 1: train loss" in result.stderr and "val loss" in result.stderr
 
-    gen = run_cli("generate", run, "--prompt", "ROMEO:", "--length", "120", "--seed", "4", "--temperature", "0.8", "--top-k", "20")
+    gen = run_cli(
+        "generate", run, "--prompt", "ROMEO:", "--length", "120", "--seed", "4", "--temperature", "0.8", "--top-k", "20"
+    )
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith("ROMEO:") and len(gen.stdout) == len("ROMEO:") + 120 + 1
-    again = run_cli("generate", run, "--prompt", "ROMEO:", "--length", "120", "--seed", "4", "--temperature", "0.8", "--top-k", "20")
+    again = run_cli(
+        "generate", run, "--prompt", "ROMEO:", "--length", "120", "--seed", "4", "--temperature", "0.8", "--top-k", "20"
+    )
     assert again.stdout == gen.stdout
 
     many = run_cli("generate", run, "--prompt", "A", "--length", "20", "--num-samples", "3", "--seed", "1")
@@ -61,7 +64,10 @@ def test_chinese_poetry_end_to_end(tmp_path):
 
     rng = random.Random(0)
     chars = [chr(0x4E00 + i) for i in range(3000)] + ["𠀀", "𠀁"]
-    lines = ["".join(rng.choice(chars) for _ in range(7)) + "，" + "".join(rng.choice(chars) for _ in range(7)) + "。" for _ in range(1500)]
+    lines = [
+        "".join(rng.choice(chars) for _ in range(7)) + "，" + "".join(rng.choice(chars) for _ in range(7)) + "。"
+        for _ in range(1500)
+    ]
     poems = tmp_path / "poems.txt"
     poems.write_text("\n".join(lines), encoding="utf-8")
     run = tmp_path / "zh"
@@ -70,7 +76,9 @@ def test_chinese_poetry_end_to_end(tmp_path):
     vocab = json.loads((run / "vocab.json").read_text())["chars"]
     assert len(vocab) > 2500 and "𠀀" in vocab
     prompt = lines[0][:4]
-    gen = run_cli("generate", run, "--prompt", prompt, "--length", "30", "--seed", "0", env={"PYTHONIOENCODING": "utf-8"})
+    gen = run_cli(
+        "generate", run, "--prompt", prompt, "--length", "30", "--seed", "0", env={"PYTHONIOENCODING": "utf-8"}
+    )
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.startswith(prompt) and len(gen.stdout.rstrip("\n")) == 34
     assert run_cli("eval", run, "--text", poems).returncode == 0
@@ -78,9 +86,26 @@ def test_chinese_poetry_end_to_end(tmp_path):
 
 def test_ctrl_c_saves_and_resume_continues(small_text, tmp_path):
     run = tmp_path / "int"
-    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", "--text", str(small_text), "--run", str(run),
-                             "--epochs", "50", "--log-every", "1", *TINY_FLAGS],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "train",
+            "--text",
+            str(small_text),
+            "--run",
+            str(run),
+            "--epochs",
+            "50",
+            "--log-every",
+            "1",
+            *TINY_FLAGS,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.jsonl").exists():
         time.sleep(0.1)
@@ -93,28 +118,38 @@ def test_ctrl_c_saves_and_resume_continues(small_text, tmp_path):
     assert resumed.returncode == 0 and "Traceback" not in resumed.stderr
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train", "--text", "no/such/file.txt"], ["no such file, folder or built-in corpus"]),
-    (["train", "--text", "{bad}", "--batch-size", "0"], ["batch_size must be a positive integer"]),
-    (["train", "--text", "{small}", "--val-fraction", "1.5"], ["val_fraction must be in [0, 1)"]),
-    (["train", "--text", "{bad}"], ["invalid utf-8 at byte 3", "--encoding"]),
-    (["train", "--text", "{small}", "--batch-size", "1000", "--seq-len", "100"], ["too short for one batch"]),
-    (["train", "--text", "{small}", "--config", "{badconfig}"], ["unknown setting(s) hiden_size"]),
-    (["train", "--resume", "{tmp}/nothing"], ["is not a charrnn run"]),
-    (["generate", "{tmp}/nothing"], ["is not a charrnn run"]),
-    (["summary", "--vocab-size", "65", "--hidden", "-3"], ["hidden_size must be a positive integer"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--text", "no/such/file.txt"], ["no such file, folder or built-in corpus"]),
+        (["train", "--text", "{bad}", "--batch-size", "0"], ["batch_size must be a positive integer"]),
+        (["train", "--text", "{small}", "--val-fraction", "1.5"], ["val_fraction must be in [0, 1)"]),
+        (["train", "--text", "{bad}"], ["invalid utf-8 at byte 3", "--encoding"]),
+        (["train", "--text", "{small}", "--batch-size", "1000", "--seq-len", "100"], ["too short for one batch"]),
+        (["train", "--text", "{small}", "--config", "{badconfig}"], ["unknown setting(s) hiden_size"]),
+        (["train", "--resume", "{tmp}/nothing"], ["is not a charrnn run"]),
+        (["generate", "{tmp}/nothing"], ["is not a charrnn run"]),
+        (["summary", "--vocab-size", "65", "--hidden", "-3"], ["hidden_size must be a positive integer"]),
+    ],
+)
 def test_bad_inputs_get_one_line_errors(args, fragments, small_text, tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"abc\xfe\xfe")
     (tmp_path / "badconfig.json").write_text(json.dumps({"model": {"hiden_size": 3}}))
-    values = {"small": small_text, "bad": tmp_path / "bad.txt", "badconfig": tmp_path / "badconfig.json", "tmp": tmp_path}
+    values = {
+        "small": small_text,
+        "bad": tmp_path / "bad.txt",
+        "badconfig": tmp_path / "badconfig.json",
+        "tmp": tmp_path,
+    }
     result = run_cli(*[a.format(**values) for a in args], cwd=tmp_path)
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.safetensors"))
 
 
 def test_generate_bad_inputs(tiny_run):
-    assert_one_line_error(run_cli("generate", tiny_run, "--prompt", "Roë ☃"), "never saw", "'ë'", "'☃'", "--drop-unknown")
+    assert_one_line_error(
+        run_cli("generate", tiny_run, "--prompt", "Roë ☃"), "never saw", "'ë'", "'☃'", "--drop-unknown"
+    )
     ok = run_cli("generate", tiny_run, "--prompt", "Roë ☃", "--drop-unknown", "--length", "5", "--seed", "1")
     assert ok.returncode == 0 and ok.stdout.startswith("Ro ")
     assert_one_line_error(run_cli("generate", tiny_run, "--temperature", "-1"), "temperature must be a non-negative")

@@ -11,10 +11,8 @@ import torch
 pytest.importorskip("onnxruntime")
 
 import charrnn
-from charrnn import TrainConfig, Trainer
-from charrnn import runtime
-from charrnn.export import export
-
+from charrnn import TrainConfig, Trainer, runtime
+from charrnn.export.onnx import export
 from conftest import run_cli
 
 
@@ -26,8 +24,12 @@ def runs(small_text, tmp_path_factory):
         for layers in (1, 2):
             run = tmp_path_factory.mktemp("export") / f"{cell}{layers}"
             config = TrainConfig(text=str(small_text), max_steps=3, batch_size=8, seq_len=30, seed=1)
-            Trainer.create(run, config, dict(embedding_size=8, hidden_size=24, num_layers=layers, cell=cell),
-                           out=open(os.devnull, "w")).fit()
+            Trainer.create(
+                run,
+                config,
+                dict(embedding_size=8, hidden_size=24, num_layers=layers, cell=cell),
+                out=open(os.devnull, "w"),
+            ).fit()
             made[cell, layers] = run
     return made
 

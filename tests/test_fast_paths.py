@@ -6,21 +6,22 @@ import pytest
 import torch
 
 import charrnn
-from charrnn import kernels, stepkernels
 from charrnn.config import ModelConfig
-from charrnn.generate import CharModel
-from charrnn.model import CharRNN, Stepper
-from charrnn.sampling import sample
-from charrnn.vocab import Vocab
+from charrnn.data.vocab import Vocab
+from charrnn.generation.sampling import sample
+from charrnn.generation.torch_model import CharModel
+from charrnn.kernels import build, gates, step
+from charrnn.model.network import CharRNN
+from charrnn.model.stepper import Stepper
 
 
 @pytest.fixture(params=["fused", "pytorch"])
 def path(request, monkeypatch):
-    if request.param == "fused" and not kernels.available():
+    if request.param == "fused" and not build.available():
         pytest.skip("no C compiler here: the fused kernels are unavailable")
     if request.param == "pytorch":  # as without a C compiler
-        monkeypatch.setattr(kernels, "usable", lambda *a, **k: False)
-        monkeypatch.setattr(stepkernels, "usable", lambda *a, **k: False)
+        monkeypatch.setattr(gates, "usable", lambda *a, **k: False)
+        monkeypatch.setattr(step, "usable", lambda *a, **k: False)
     return request.param
 
 
@@ -65,17 +66,31 @@ def test_bf16_stays_close_to_fp32(path):
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 2e-2
 
 
-@pytest.mark.parametrize("precision, batch, layers", [("fp32", 1, 1), ("fp32", 3, 1), ("bf16", 1, 1), ("bf16", 9, 1),
-                                                     ("fp32", 2, 2), ("bf16", 5, 2), ("int8", 1, 1), ("int8", 4, 2)])
+@pytest.mark.parametrize(
+    "precision, batch, layers",
+    [
+        ("fp32", 1, 1),
+        ("fp32", 3, 1),
+        ("bf16", 1, 1),
+        ("bf16", 9, 1),
+        ("fp32", 2, 2),
+        ("bf16", 5, 2),
+        ("int8", 1, 1),
+        ("int8", 4, 2),
+    ],
+)
 def test_generation_equals_the_straightforward_loop(path, precision, batch, layers):
     """Priming + one-character steps with carried state give exactly the text that re-running the whole
     sequence through forward() at the same precision gives, sample by sample."""
-    if precision == "int8" and (path == "pytorch" or not kernels.available()):
+    if precision == "int8" and (path == "pytorch" or not build.available()):
         pytest.skip("int8 runs on the step kernels only")
     torch.manual_seed(2)
     vocab = Vocab.from_text("abcdefghij klmnop\n")
-    model = CharModel(CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32, num_layers=layers)),
-                      vocab, precision=precision)
+    model = CharModel(
+        CharRNN(ModelConfig(vocab_size=len(vocab), embedding_size=8, hidden_size=32, num_layers=layers)),
+        vocab,
+        precision=precision,
+    )
     fast = model.generate("abc", length=60, temperature=0.9, seed=4, num_samples=batch)
     dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
     rng, texts = np.random.default_rng(4), ["abc"] * batch
@@ -93,7 +108,7 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
     """The step kernels sum each output in one fixed order, so a sample's text does not depend on the
     rows beside it (what lets the server batch users' requests) — including widths that do not fill a
     vector, several layers, and re-running the text through forward()."""
-    if not kernels.available():
+    if not build.available():
         pytest.skip("no C compiler here: the step kernels are unavailable")
     torch.manual_seed(3)
     vocab = Vocab.from_text("abcdefghij klmnop\n")
@@ -116,8 +131,8 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
 
 
 def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_path):
-    from charrnn.generate import BF16_MIN_BATCH
-    from charrnn.model import bf16_native, bf16_trains_faster, int8_native
+    from charrnn.generation.torch_model import BF16_MIN_BATCH
+    from charrnn.model.precision import bf16_native, bf16_trains_faster, int8_native
 
     native = bf16_native(torch.device("cpu"))
     model = charrnn.load(tiny_run)
@@ -126,18 +141,24 @@ def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_pat
     if int8_native(torch.device("cpu")):
         assert model.dtype_for(1) == model.dtype_for(64) == torch.int8
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("charrnn.generate.int8_native", lambda device: False)
-        assert model.dtype_for(1) == (low if kernels.available() else torch.float32)
+        patch.setattr("charrnn.generation.torch_model.int8_native", lambda device: False)
+        assert model.dtype_for(1) == (low if build.available() else torch.float32)
         assert model.dtype_for(BF16_MIN_BATCH) == low
         # ... and through PyTorch's products (no C compiler) only from BF16_MIN_BATCH rows
-        patch.setattr(stepkernels, "usable", lambda *a, **k: False)
+        patch.setattr(step, "usable", lambda *a, **k: False)
         assert model.dtype_for(1) == torch.float32 and model.dtype_for(BF16_MIN_BATCH) == low
     assert charrnn.load(tiny_run, precision="fp32").dtype_for(64) == torch.float32
-    import json, os
+    import json
+    import os
+
     from charrnn import TrainConfig, Trainer
 
-    trainer = Trainer.create(tmp_path / "p", TrainConfig(text=str(small_text), max_steps=2, batch_size=8, seq_len=20),
-                             dict(embedding_size=8, hidden_size=16), out=open(os.devnull, "w"))
+    trainer = Trainer.create(
+        tmp_path / "p",
+        TrainConfig(text=str(small_text), max_steps=2, batch_size=8, seq_len=20),
+        dict(embedding_size=8, hidden_size=16),
+        out=open(os.devnull, "w"),
+    )
     trainer.fit()
     record = json.loads((tmp_path / "p" / "metrics.jsonl").read_text().splitlines()[-1])
     # Training's auto: bf16 only where it trains faster (AMX), and the run records what auto chose.
@@ -147,9 +168,10 @@ def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_pat
 def test_loading_the_kernels_keeps_ieee_subnormals():
     # Linking with -ffast-math would add crtfastmath.o, turning on flush-to-zero for the whole process.
     import numpy as np
-    from charrnn import kernels
 
-    if not kernels.available():
+    from charrnn.kernels import build
+
+    if not build.available():
         pytest.skip("no C compiler: the fused kernels are not built here")
     tiny = np.finfo(np.float32).tiny
     assert np.float32(tiny) / np.float32(4) > 0
@@ -158,7 +180,7 @@ def test_loading_the_kernels_keeps_ieee_subnormals():
 def test_int8_generation_stays_close_to_fp32_and_training_refuses_it(tiny_run, small_text):
     """int8 quantises weights per row and the state per step: the loss of a trained model moves by a
     hair, and it is a generation precision only."""
-    if not kernels.available():
+    if not build.available():
         pytest.skip("int8 runs on the step kernels only")
     from charrnn.errors import CharRNNError
 

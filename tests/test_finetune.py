@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "tutorial"
 
 
 def _weights(run: Path) -> dict:
-    from charrnn.checkpoint import load_run
+    from charrnn.model.weights import load_run
 
     return load_run(run, "latest")[0].state_dict()
 
@@ -25,19 +25,20 @@ def test_finetune_keeps_ids_appends_new_characters_and_resumes(tiny_run, tmp_pat
     new_text = tmp_path / "new.txt"
     new_text.write_text("Über naïve façades, café tables #. " * 400, encoding="utf-8")
     source_vocab = Vocab.load(tiny_run / "vocab.json")
-    config = TrainConfig(text=str(new_text), init_from=str(tiny_run), max_steps=4, batch_size=8, seq_len=40, seed=5,
-                         checkpoint_every=2)
+    config = TrainConfig(
+        text=str(new_text), init_from=str(tiny_run), max_steps=4, batch_size=8, seq_len=40, seed=5, checkpoint_every=2
+    )
     trainer = Trainer.create(tmp_path / "ft", config, {}, out=open(os.devnull, "w"))
     # Before any step: the source's weights in the source's rows, fresh rows for #, Ü, ï, ç, é.
     vocab = trainer.vocab
     assert vocab.chars[: len(source_vocab)] == source_vocab.chars
-    assert set(vocab.chars[len(source_vocab):]) == {"#", "Ü", "ï", "ç", "é"}
+    assert set(vocab.chars[len(source_vocab) :]) == {"#", "Ü", "ï", "ç", "é"}
     start, source = trainer.model.state_dict(), _weights(tiny_run)
     for name, value in source.items():
         rows = value.shape[0]
         assert torch.equal(start[name][:rows].cpu(), value), name
     assert start["embedding.weight"].shape[0] == len(source_vocab) + 5
-    fresh = start["embedding.weight"][len(source_vocab):].clone()
+    fresh = start["embedding.weight"][len(source_vocab) :].clone()
     trainer.fit()
 
     run = tmp_path / "ft"
@@ -51,7 +52,7 @@ def test_finetune_keeps_ids_appends_new_characters_and_resumes(tiny_run, tmp_pat
 
     # The same seed gives the same fresh rows.
     again = Trainer.create(tmp_path / "ft2", config, {}, out=open(os.devnull, "w"))
-    assert torch.equal(again.model.state_dict()["embedding.weight"][len(source_vocab):], fresh)
+    assert torch.equal(again.model.state_dict()["embedding.weight"][len(source_vocab) :], fresh)
     again.close()
 
     # Resume the fine-tuned run; then it generates and evaluates like any run.
@@ -68,11 +69,26 @@ def test_finetune_keeps_ids_appends_new_characters_and_resumes(tiny_run, tmp_pat
 def test_finetune_from_an_imported_model(tmp_path):
     from charrnn import import_tutorial
 
-    source = import_tutorial(FIXTURES / "keras3" / "tutorial.weights.h5", str(FIXTURES / "corpus.txt"), tmp_path / "imp")
+    source = import_tutorial(
+        FIXTURES / "keras3" / "tutorial.weights.h5", str(FIXTURES / "corpus.txt"), tmp_path / "imp"
+    )
     text = tmp_path / "more.txt"
     text.write_text("Shall I compare thee to a winter's night? Zounds! " * 60, encoding="utf-8")
-    result = run_cli("train", "--init-from", source, "--text", text, "--run", tmp_path / "ft", "--max-steps", "3",
-                     "--batch-size", "8", "--seq-len", "30")
+    result = run_cli(
+        "train",
+        "--init-from",
+        source,
+        "--text",
+        text,
+        "--run",
+        tmp_path / "ft",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "30",
+    )
     assert result.returncode == 0, result.stderr
     assert f"starting from {source.absolute()}" in result.stderr and "new character(s)" in result.stderr
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
@@ -97,11 +113,17 @@ def test_prompt_file_and_stdin(tiny_run, tmp_path):
     import subprocess
     import sys
 
-    from_stdin = subprocess.run([sys.executable, "-m", "charrnn", "generate", str(tiny_run), "--prompt-file", "-", *args],
-                                input=prompt.read_text(), capture_output=True, text=True)
+    from_stdin = subprocess.run(
+        [sys.executable, "-m", "charrnn", "generate", str(tiny_run), "--prompt-file", "-", *args],
+        input=prompt.read_text(),
+        capture_output=True,
+        text=True,
+    )
     assert from_stdin.stdout == from_file.stdout
     assert_one_line_error(run_cli("generate", tiny_run, "--prompt", "A", "--prompt-file", prompt), "not both")
-    assert_one_line_error(run_cli("generate", tiny_run, "--prompt-file", tmp_path / "none.txt"), "cannot read --prompt-file")
+    assert_one_line_error(
+        run_cli("generate", tiny_run, "--prompt-file", tmp_path / "none.txt"), "cannot read --prompt-file"
+    )
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café".encode("latin-1"))
     assert_one_line_error(run_cli("generate", tiny_run, "--prompt-file", latin1), "not UTF-8")

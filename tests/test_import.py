@@ -57,7 +57,7 @@ def test_an_imported_run_serves_the_same_text(imported):
     from fastapi.testclient import TestClient
 
     from charrnn import load
-    from charrnn.serve import create_app
+    from charrnn.serving.app import create_app
 
     model = load(imported["keras2"])
     with TestClient(create_app(model)) as client:
@@ -76,7 +76,7 @@ def test_unk_is_dropped_and_never_produced(imported):
 
 
 def test_directory_takes_the_latest_checkpoint(tmp_path):
-    from charrnn.importer import find_model
+    from charrnn.convert.keras import find_model
 
     assert find_model(CHECKPOINTS) == ("tf", CHECKPOINTS / "ckpt_2")  # as its `checkpoint` file says
     assert find_model(CHECKPOINTS / "ckpt_1.index") == ("tf", CHECKPOINTS / "ckpt_1")
@@ -84,11 +84,12 @@ def test_directory_takes_the_latest_checkpoint(tmp_path):
 
 
 def test_checkpoint_reader_checks_its_checksums(tmp_path):
-    from charrnn.tfcheckpoint import BadCheckpoint, crc32c, read_checkpoint
+    from charrnn.convert.tfcheckpoint import BadCheckpoint, crc32c, read_checkpoint
 
     assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
     data = os.urandom(4096 * 70 + 13)  # long enough for the lane-parallel path
-    from charrnn.tfcheckpoint import _crc_register
+    from charrnn.convert.tfcheckpoint import _crc_register
+
     assert crc32c(data) == _crc_register(data, 0xFFFFFFFF) ^ 0xFFFFFFFF
     tensors = read_checkpoint(CHECKPOINTS / "ckpt_2")
     assert tensors["gru/cell/recurrent_kernel/.ATTRIBUTES/VARIABLE_VALUE"].shape == (16, 48)
@@ -126,24 +127,38 @@ def test_import_cli_then_generate_eval_export(tmp_path):
 def test_bad_inputs_are_one_line(tmp_path):
     not_model = tmp_path / "notes.weights.h5"
     not_model.write_text("hello")
-    assert_one_line_error(run_cli("import", not_model, "--text", CORPUS, "--run", tmp_path / "a"), "not a readable HDF5 file")
+    assert_one_line_error(
+        run_cli("import", not_model, "--text", CORPUS, "--run", tmp_path / "a"), "not a readable HDF5 file"
+    )
     fake = tmp_path / "ckpt_3"
     (tmp_path / "ckpt_3.index").write_bytes(b"\0" * 100)
-    assert_one_line_error(run_cli("import", fake, "--text", CORPUS, "--run", tmp_path / "b"), "not a TensorFlow checkpoint index")
+    assert_one_line_error(
+        run_cli("import", fake, "--text", CORPUS, "--run", tmp_path / "b"), "not a TensorFlow checkpoint index"
+    )
     other = tmp_path / "other.txt"
     other.write_text("abc abc abc\n")
-    assert_one_line_error(run_cli("import", KERAS3, "--text", other, "--run", tmp_path / "c"),
-                          "5 distinct characters", "the model has 42", "the text it was trained on")
-    assert_one_line_error(run_cli("import", tmp_path / "missing", "--text", CORPUS, "--run", tmp_path / "d"), "does not exist")
+    assert_one_line_error(
+        run_cli("import", KERAS3, "--text", other, "--run", tmp_path / "c"),
+        "5 distinct characters",
+        "the model has 42",
+        "the text it was trained on",
+    )
+    assert_one_line_error(
+        run_cli("import", tmp_path / "missing", "--text", CORPUS, "--run", tmp_path / "d"), "does not exist"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(run_cli("import", empty, "--text", CORPUS, "--run", tmp_path / "e"), "holds no TensorFlow model")
+    assert_one_line_error(
+        run_cli("import", empty, "--text", CORPUS, "--run", tmp_path / "e"), "holds no TensorFlow model"
+    )
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
 
 
 def test_missing_h5py_is_one_line(tmp_path):
     # h5py hidden from a fresh interpreter: the .weights.h5 reader says what to install.
-    code = ("import sys; sys.modules['h5py'] = None; from charrnn.cli import main; "
-            f"sys.exit(main(['import', {str(KERAS3)!r}, '--text', {str(CORPUS)!r}, '--run', {str(tmp_path / 'r')!r}]))")
+    code = (
+        "import sys; sys.modules['h5py'] = None; from charrnn.cli import main; "
+        f"sys.exit(main(['import', {str(KERAS3)!r}, '--text', {str(CORPUS)!r}, '--run', {str(tmp_path / 'r')!r}]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert_one_line_error(result, "needs h5py", "pip install 'charrnn[import]'")

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from charrnn import CharRNNError, ModelConfig
-from charrnn.model import CharRNN, count_parameters, summary
-from charrnn.sampling import check_sampling, probabilities, sample
+from charrnn.generation.sampling import check_sampling, probabilities, sample
+from charrnn.model.network import CharRNN
+from charrnn.model.summary import count_parameters, summary
 
 
 def test_tutorial_parameter_counts():
@@ -100,14 +101,17 @@ def test_same_seed_same_draws():
     assert (a == b).all()
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature must be a non-negative"),
-    (dict(temperature=float("nan")), "temperature must be a non-negative"),
-    (dict(top_k=-2), "top_k must be a non-negative integer"),
-    (dict(top_k=1.5), "top_k must be a non-negative integer"),
-    (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
-    (dict(top_p=1.2), r"top_p must be a number in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=-1.0), "temperature must be a non-negative"),
+        (dict(temperature=float("nan")), "temperature must be a non-negative"),
+        (dict(top_k=-2), "top_k must be a non-negative integer"),
+        (dict(top_k=1.5), "top_k must be a non-negative integer"),
+        (dict(top_p=0.0), r"top_p must be a number in \(0, 1\]"),
+        (dict(top_p=1.2), r"top_p must be a number in \(0, 1\]"),
+    ],
+)
 def test_bad_sampling_settings_say_what_to_do(kwargs, message):
     with pytest.raises(CharRNNError, match=message):
         check_sampling(**kwargs)

@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.sampling import check_sampling, probabilities, sample
-from charrnn.vocab import Vocab
+from charrnn.generation.sampling import check_sampling, probabilities, sample
 
 # Any code point but lone surrogates (which no text file can hold).
 chars = st.characters(blacklist_categories=("Cs",))
@@ -47,15 +47,19 @@ def test_unknown_characters_are_refused_or_dropped(seen, other):
             assert "never saw" in str(exc)
 
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-                           max_leaves=5)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
 
 
 @FAST
-@given(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
-       st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-       st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5))
+@given(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=5),
+)
 def test_sampling_settings_are_valid_or_refused(temperature, top_k, top_p):
     try:
         check_sampling(temperature, top_k, top_p)
@@ -72,8 +76,13 @@ def test_sampling_settings_are_valid_or_refused(temperature, top_k, top_p):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from([f.name for f in TrainConfig.__dataclass_fields__.values()] + ["hiden_size"]),
-                       json_values, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from([f.name for f in TrainConfig.__dataclass_fields__.values()] + ["hiden_size"]),
+        json_values,
+        max_size=4,
+    )
+)
 def test_train_config_from_any_json_is_a_config_or_one_error(data):
     try:
         config = from_dict(TrainConfig, data, "train")
@@ -87,8 +96,13 @@ def test_train_config_from_any_json_is_a_config_or_one_error(data):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from(["embedding_size", "hidden_size", "num_layers", "cell", "dropout", "vocab_size"]),
-                       json_values, max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["embedding_size", "hidden_size", "num_layers", "cell", "dropout", "vocab_size"]),
+        json_values,
+        max_size=4,
+    )
+)
 def test_model_config_from_any_json_is_a_config_or_one_error(data):
     assume("vocab_size" in data)
     try:
@@ -99,16 +113,20 @@ def test_model_config_from_any_json_is_a_config_or_one_error(data):
     assert config.cell in ("gru", "lstm", "rnn") and 0 <= config.dropout < 1
 
 
-block_settings = st.tuples(st.integers(1, 4), st.integers(0, 2**32),
-                           st.sampled_from([0.0, 1.0, 0.7, 1.3, 1e-250]), st.sampled_from([0, 0, 3]),
-                           st.sampled_from([1.0, 1.0, 0.9]))
+block_settings = st.tuples(
+    st.integers(1, 4),
+    st.integers(0, 2**32),
+    st.sampled_from([0.0, 1.0, 0.7, 1.3, 1e-250]),
+    st.sampled_from([0, 0, 3]),
+    st.sampled_from([1.0, 1.0, 0.9]),
+)
 
 
 @FAST
 @given(st.lists(block_settings, min_size=1, max_size=6), st.integers(2, 70), st.integers(0, 2**32))
 def test_sampling_many_blocks_at_once_equals_sampling_each_alone(blocks, vocab, seed):
     """The server samples all requests' rows in one call; each request must get what it gets alone."""
-    from charrnn.sampling import sample_rows
+    from charrnn.generation.sampling import sample_rows
 
     rows = sum(block[0] for block in blocks)
     logits = (np.random.default_rng(seed).standard_normal((rows, vocab)) * 4).astype(np.float32)

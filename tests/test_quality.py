@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 import charrnn
 from charrnn import TrainConfig, Trainer
 from charrnn.config import ModelConfig, from_dict
-from charrnn.data import Streams
+from charrnn.data.batches import Streams
 from charrnn.errors import CharRNNError
-from charrnn.evaluation import Protocols, evaluate, stateful_loss, window_starts, windows_loss
-from charrnn.model import CharRNN, evaluate_loss
-from charrnn.presets import preset
-from charrnn.regularize import WeightAverage
+from charrnn.model.network import CharRNN
+from charrnn.model.scoring import Protocols, evaluate, evaluate_loss, stateful_loss, window_starts, windows_loss
+from charrnn.training.optimizer import WeightAverage
+from charrnn.training.presets import preset
 
 QUIET = open(os.devnull, "w")
 VOCAB = 20
@@ -174,8 +174,20 @@ def test_weight_average_follows_the_formula():
 
 
 def _config(small_text, **fields) -> TrainConfig:
-    base = dict(text=str(small_text), batch_size=8, seq_len=40, seed=5, precision="fp32", checkpoint_every=3,
-                log_every=1, tensorboard="off", stateful=True, ema=0.9, weight_decay=0.1, val_protocol="stateful")
+    base = dict(
+        text=str(small_text),
+        batch_size=8,
+        seq_len=40,
+        seed=5,
+        precision="fp32",
+        checkpoint_every=3,
+        log_every=1,
+        tensorboard="off",
+        stateful=True,
+        ema=0.9,
+        weight_decay=0.1,
+        val_protocol="stateful",
+    )
     return TrainConfig(**{**base, **fields})
 
 
@@ -228,8 +240,11 @@ def test_a_damaged_carried_state_is_one_line(small_text, tmp_path):
 def test_new_settings_round_trip_and_old_configs_still_load():
     config = TrainConfig(stateful=True, weight_decay=0.05, ema=0.999, val_protocol="windows", val_also="all")
     assert from_dict(TrainConfig, dataclasses.asdict(config), "train") == config
-    old = {k: v for k, v in dataclasses.asdict(TrainConfig()).items()
-           if k not in ("stateful", "weight_decay", "ema", "val_protocol", "val_also", "eval_windows", "eval_window_len")}
+    old = {
+        k: v
+        for k, v in dataclasses.asdict(TrainConfig()).items()
+        if k not in ("stateful", "weight_decay", "ema", "val_protocol", "val_also", "eval_windows", "eval_window_len")
+    }
     assert from_dict(TrainConfig, old, "train") == TrainConfig()
     assert from_dict(ModelConfig, {"vocab_size": 5, "dropout": 0.1}, "model").weight_drop == 0.0
     for bad in (dict(val_protocol="nano"), dict(val_also="chunks,nano"), dict(ema=1.0), dict(weight_decay=-1.0)):
@@ -242,8 +257,8 @@ def test_new_settings_round_trip_and_old_configs_still_load():
 
 # -- the size rule ------------------------------------------------------------------------------------
 def test_the_size_rule_picks_bigger_models_for_bigger_budgets_and_corpora():
-    from charrnn.model import count_parameters
-    from charrnn.sizing import choose
+    from charrnn.model.summary import count_parameters
+    from charrnn.training.sizing import choose
 
     def step_seconds(fields):  # a machine where a step costs 0.15 us per parameter
         return 1.5e-7 * count_parameters(CharRNN(ModelConfig(vocab_size=65, **fields)))

@@ -18,8 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from charrnn import cli
-from charrnn.files import is_temporary
-
+from charrnn.storage.files import is_temporary
 from conftest import run_cli
 from test_cli import TINY_FLAGS, assert_one_line_error
 
@@ -86,12 +85,32 @@ def _wait_for(predicate, proc, timeout=120.0, interval=0.0005):
 
 
 def _train(*args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "charrnn", "train", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
-CRASH_FLAGS = [*TINY_FLAGS, "--layers", "2", "--dropout", "0.2", "--epochs", "2", "--checkpoint-every", "2",
-               "--log-every", "1", "--seed", "5", "--precision", "fp32"]
+CRASH_FLAGS = [
+    *TINY_FLAGS,
+    "--layers",
+    "2",
+    "--dropout",
+    "0.2",
+    "--epochs",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "1",
+    "--seed",
+    "5",
+    "--precision",
+    "fp32",
+]
 
 
 def test_kill_9_at_any_moment_then_resume_ends_with_the_uninterrupted_weights(small_text, tmp_path):
@@ -114,7 +133,7 @@ def test_kill_9_at_any_moment_then_resume_ends_with_the_uninterrupted_weights(sm
         proc = _train("--resume", run)
         target, seen = 1 + kills % 3, set()
 
-        def writing():
+        def writing(seen=seen, target=target):
             seen.update(name for name in os.listdir(run) if is_temporary(name))
             return len(seen) >= target
 
@@ -131,7 +150,9 @@ def test_kill_9_at_any_moment_then_resume_ends_with_the_uninterrupted_weights(sm
     assert temporaries(run) == []  # removed by the resume that followed each kill
     got, want = load_file(str(run / "latest.safetensors")), load_file(str(reference / "latest.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    epochs = [r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"]
+    epochs = [
+        r["epoch"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"
+    ]
     assert epochs == [1, 2]
 
 
@@ -192,7 +213,7 @@ def test_a_failed_write_says_how_to_resume(small_text, tmp_path, monkeypatch, ca
     """The same path without a real disk: the trainer-state write fails with ENOSPC."""
     import errno
 
-    from charrnn import checkpoint
+    from charrnn.model import weights as checkpoint
 
     real = checkpoint.atomic_write_bytes
     calls = []
@@ -201,15 +222,20 @@ def test_a_failed_write_says_how_to_resume(small_text, tmp_path, monkeypatch, ca
         calls.append(Path(path).name)
         if calls.count("trainer_state.pt") > 1 and Path(path).name == "trainer_state.pt":
             from charrnn.errors import WriteError
+
             raise WriteError(path, OSError(errno.ENOSPC, "No space left on device"))
         return real(path, data)
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
     run = tmp_path / "fake"
-    code, line = main(capsys, "train", "--text", small_text, "--run", run, "--epochs", "3", "--checkpoint-every", "5", *TINY_FLAGS)
+    code, line = main(
+        capsys, "train", "--text", small_text, "--run", run, "--epochs", "3", "--checkpoint-every", "5", *TINY_FLAGS
+    )
     assert code == 2
-    assert line == (f"charrnn: error: the disk is full while writing {run}/trainer_state.pt; the last checkpoint "
-                    f"(step 5) is intact: free some space, then resume with: charrnn train --resume {run}")
+    assert line == (
+        f"charrnn: error: the disk is full while writing {run}/trainer_state.pt; the last checkpoint "
+        f"(step 5) is intact: free some space, then resume with: charrnn train --resume {run}"
+    )
 
 
 # -- 6, 7, 15: damaged files ------------------------------------------------------------------------------
@@ -239,17 +265,20 @@ def _damage_run(run: Path, case: str) -> None:
         torch.save(state, state_path)
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("empty trainer state", "trainer_state.pt is damaged"),
-    ("garbage trainer state", "trainer_state.pt is damaged"),
-    ("trainer state is a list", "holds a list"),
-    ("no optimizer", "optimizer: Field required"),
-    ("wrong weight shape", "does not fit the model"),
-    ("wrong moment shape", "optimizer state does not fit"),
-    ("bad rng", "random-number state"),
-    ("string epoch", "epoch: Input should be a valid integer"),
-    ("flipped weight in state", "SHA-256"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("empty trainer state", "trainer_state.pt is damaged"),
+        ("garbage trainer state", "trainer_state.pt is damaged"),
+        ("trainer state is a list", "holds a list"),
+        ("no optimizer", "optimizer: Field required"),
+        ("wrong weight shape", "does not fit the model"),
+        ("wrong moment shape", "optimizer state does not fit"),
+        ("bad rng", "random-number state"),
+        ("string epoch", "epoch: Input should be a valid integer"),
+        ("flipped weight in state", "SHA-256"),
+    ],
+)
 def test_a_damaged_trainer_state_is_one_line(case, fragment, tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -265,19 +294,22 @@ def _flip_a_tensor_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("config without model", "model: Field required"),
-    ("config is a list", "Input should be an object"),
-    ("config with a bad value", "hidden_size must be a positive integer"),
-    ("config not matching weights", "does not match the run's config.json"),
-    ("vocab without chars", "chars: Field required"),
-    ("vocab is null", "Input should be an object"),
-    ("vocab of integers", "chars.0: Input should be a valid string"),
-    ("vocab shorter than the model", "config.json says"),
-    ("flipped byte in weights", "SHA-256"),
-    ("truncated weights", "best.safetensors is damaged"),
-    ("missing weights", "no checkpoint yet"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("config without model", "model: Field required"),
+        ("config is a list", "Input should be an object"),
+        ("config with a bad value", "hidden_size must be a positive integer"),
+        ("config not matching weights", "does not match the run's config.json"),
+        ("vocab without chars", "chars: Field required"),
+        ("vocab is null", "Input should be an object"),
+        ("vocab of integers", "chars.0: Input should be a valid string"),
+        ("vocab shorter than the model", "config.json says"),
+        ("flipped byte in weights", "SHA-256"),
+        ("truncated weights", "best.safetensors is damaged"),
+        ("missing weights", "no checkpoint yet"),
+    ],
+)
 def test_damaged_run_files_are_one_line(case, fragment, tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -313,26 +345,29 @@ def test_damaged_run_files_are_one_line(case, fragment, tiny_run, tmp_path, caps
 
 @pytest.fixture(scope="module")
 def tiny_export(tiny_run, tmp_path_factory):
-    from charrnn.export import export
+    from charrnn.export.onnx import export
 
     out = tmp_path_factory.mktemp("export") / "onnx"
     export(tiny_run, out)
     return out
 
 
-@pytest.mark.parametrize("case, fragment", [
-    ("garbage model", "does not match the SHA-256"),
-    ("truncated model", "does not match the SHA-256"),
-    ("empty model", "does not match the SHA-256"),
-    ("missing model", "model.onnx is missing"),
-    ("garbage model, no checksum", "cannot be loaded"),
-    ("export.json is a list", "Input should be an object"),
-    ("export.json without state_shape", "state_shape: Field required"),
-    ("export.json with a wrong state_shape", "does not fit a 1-layer gru"),
-    ("export.json with a wrong vocab_size", "does not match export.json"),
-    ("vocab shorter than the model", "vocab.json has"),
-    ("vocab longer than the model", "vocab.json has"),
-])
+@pytest.mark.parametrize(
+    "case, fragment",
+    [
+        ("garbage model", "does not match the SHA-256"),
+        ("truncated model", "does not match the SHA-256"),
+        ("empty model", "does not match the SHA-256"),
+        ("missing model", "model.onnx is missing"),
+        ("garbage model, no checksum", "cannot be loaded"),
+        ("export.json is a list", "Input should be an object"),
+        ("export.json without state_shape", "state_shape: Field required"),
+        ("export.json with a wrong state_shape", "does not fit a 1-layer gru"),
+        ("export.json with a wrong vocab_size", "does not match export.json"),
+        ("vocab shorter than the model", "vocab.json has"),
+        ("vocab longer than the model", "vocab.json has"),
+    ],
+)
 def test_damaged_exports_are_one_line(case, fragment, tiny_export, tmp_path, capsys):
     out = tmp_path / "onnx"
     shutil.copytree(tiny_export, out)
@@ -356,11 +391,11 @@ def test_damaged_exports_are_one_line(case, fragment, tiny_export, tmp_path, cap
         meta["state_shape"] = [2, "batch", meta["state_shape"][2]]
     elif case == "export.json with a wrong vocab_size":
         meta["model"]["vocab_size"] += 1
-        vocab["chars"].append("\U0001F600")
+        vocab["chars"].append("\U0001f600")
     elif case == "vocab shorter than the model":
         vocab["chars"] = vocab["chars"][:-1]
     elif case == "vocab longer than the model":
-        vocab["chars"].append("\U0001F600")
+        vocab["chars"].append("\U0001f600")
     (out / "export.json").write_text(json.dumps(meta))
     (out / "vocab.json").write_text(json.dumps(vocab))
     code, line = main(capsys, "generate", out, "--length", "5", "--seed", "1")
@@ -406,10 +441,15 @@ def test_a_resume_in_a_fresh_process_is_exact(small_text, tmp_path):
     # The first training step of a process once drew from torch's global random numbers (a one-off probe
     # of oneDNN), shifting dropout's masks after a resume in a new process: found by the kill test.
     def python(*args):
-        return subprocess.run([sys.executable, "-c", CRASH_SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-c", CRASH_SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=300
+        )
 
     assert python("whole", tmp_path / "whole", small_text).returncode == 0
     assert python("crash", tmp_path / "crashed", small_text).returncode == 9  # after step 3; checkpoint at step 2
     assert python("resume", tmp_path / "crashed", small_text).returncode == 0
-    got, want = load_file(str(tmp_path / "crashed" / "latest.safetensors")), load_file(str(tmp_path / "whole" / "latest.safetensors"))
+    got, want = (
+        load_file(str(tmp_path / "crashed" / "latest.safetensors")),
+        load_file(str(tmp_path / "whole" / "latest.safetensors")),
+    )
     assert all(torch.equal(got[k], want[k]) for k in want)

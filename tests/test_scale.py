@@ -7,12 +7,11 @@ import time
 import numpy as np
 import pytest
 
-import charrnn.prepare as prep
-from charrnn.corpus import load_text
-from charrnn.data import eval_batches, eval_sample
+import charrnn.data.prepare as prep
+from charrnn.data.batches import eval_batches, eval_sample
+from charrnn.data.sources import load_text
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.vocab import Vocab
-
 from conftest import TINY, run_cli
 
 
@@ -66,8 +65,12 @@ def test_shakespeare_and_large_vocabularies(tmp_path):
 def test_ascii_chunks_with_wide_ids(tmp_path, monkeypatch):
     for first, chunk in ((0x4E00, 64), (0x10000, 1 << 16)):
         monkeypatch.setattr(prep, "CHUNK", chunk)  # some chunks are pure ASCII, ids are uint16 and uint32
-        wide = "".join(chr(first + i) for i in range(300 if first == 0x4E00 else 66_000) if not 0xD800 <= first + i < 0xE000)
-        (tmp_path / "mixed.txt").write_text("plain ascii line\n" * 5000 + wide + "\nmore ascii\n" * 8000, encoding="utf-8")
+        wide = "".join(
+            chr(first + i) for i in range(300 if first == 0x4E00 else 66_000) if not 0xD800 <= first + i < 0xE000
+        )
+        (tmp_path / "mixed.txt").write_text(
+            "plain ascii line\n" * 5000 + wide + "\nmore ascii\n" * 8000, encoding="utf-8"
+        )
         prepared = assert_same_as_whole(str(tmp_path / "mixed.txt"))
         assert prepared.ids.dtype == (np.uint16 if first == 0x4E00 else np.uint32)
 
@@ -128,8 +131,22 @@ def _assert_close(a, b, atol=1e-5):
         assert np.allclose(a[name].numpy(), b[name].numpy(), atol=atol), name
 
 
-DDP_ARGS = ("--hidden", str(TINY["hidden_size"]), "--embedding", str(TINY["embedding_size"]), "--batch-size", "8",
-            "--seq-len", "50", "--precision", "fp32", "--seed", "5", "--checkpoint-every", "0")
+DDP_ARGS = (
+    "--hidden",
+    str(TINY["hidden_size"]),
+    "--embedding",
+    str(TINY["embedding_size"]),
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "50",
+    "--precision",
+    "fp32",
+    "--seed",
+    "5",
+    "--checkpoint-every",
+    "0",
+)
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
@@ -137,7 +154,9 @@ def test_ddp_two_processes_match_one_and_resume_with_any_count(small_text, tmp_p
     one, two = tmp_path / "one", tmp_path / "two"
     done = run_cli("train", "--text", small_text, "--run", one, "--max-steps", "3", *DDP_ARGS, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr
-    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", two, "--max-steps", "3", *DDP_ARGS, env=ONE_THREAD)
+    done = run_cli(
+        "train", "--nproc", "2", "--text", small_text, "--run", two, "--max-steps", "3", *DDP_ARGS, env=ONE_THREAD
+    )
     assert done.returncode == 0, done.stderr
     assert "DDP: 2 processes, 4 rows" in done.stderr and done.stderr.count("run saved in") == 1  # rank 0 speaks
     _assert_close(_weights(one), _weights(two))
@@ -153,8 +172,20 @@ def test_ddp_two_processes_match_one_and_resume_with_any_count(small_text, tmp_p
 
 def test_ddp_failing_rank_ends_the_job_with_one_line(small_text, tmp_path):
     started = time.monotonic()
-    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", tmp_path / "run", "--max-steps", "50",
-                   *DDP_ARGS, env={**ONE_THREAD, "CHARRNN_FAIL_RANK": "1:2"}, timeout=180)
+    done = run_cli(
+        "train",
+        "--nproc",
+        "2",
+        "--text",
+        small_text,
+        "--run",
+        tmp_path / "run",
+        "--max-steps",
+        "50",
+        *DDP_ARGS,
+        env={**ONE_THREAD, "CHARRNN_FAIL_RANK": "1:2"},
+        timeout=180,
+    )
     assert done.returncode != 0 and time.monotonic() - started < 120
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("charrnn: error: training failed on rank 1 of 2"), done.stderr
@@ -162,8 +193,21 @@ def test_ddp_failing_rank_ends_the_job_with_one_line(small_text, tmp_path):
 
 
 def test_ddp_batch_must_divide(small_text, tmp_path):
-    done = run_cli("train", "--nproc", "2", "--text", small_text, "--run", tmp_path / "run", "--max-steps", "1",
-                   *DDP_ARGS, "--batch-size", "7", env=ONE_THREAD)
+    done = run_cli(
+        "train",
+        "--nproc",
+        "2",
+        "--text",
+        small_text,
+        "--run",
+        tmp_path / "run",
+        "--max-steps",
+        "1",
+        *DDP_ARGS,
+        "--batch-size",
+        "7",
+        env=ONE_THREAD,
+    )
     assert done.returncode != 0 and "--batch-size 7 does not divide among 2 processes" in done.stderr
 
 
@@ -176,8 +220,8 @@ def test_progress_lines_with_mb_per_s(tmp_path, monkeypatch):
     out = io.StringIO()
     prep.prepare(str(tmp_path / "t.txt"), out=out)
     lines = out.getvalue().splitlines()
-    assert any(l.startswith("preparing: pass 1/2") and l.endswith("MB/s") for l in lines)
-    assert any(l.startswith("preparing: pass 2/2") for l in lines) and "\r" not in out.getvalue()
+    assert any(x.startswith("preparing: pass 1/2") and x.endswith("MB/s") for x in lines)
+    assert any(x.startswith("preparing: pass 2/2") for x in lines) and "\r" not in out.getvalue()
 
 
 def test_bounded_validation_is_recorded(small_text, tmp_path):
@@ -188,10 +232,14 @@ def test_bounded_validation_is_recorded(small_text, tmp_path):
     scored = {}
     for eval_chars in (500, 0):
         run = tmp_path / f"run{eval_chars}"
-        config = TrainConfig(text=str(small_text), epochs=1, max_steps=2, batch_size=8, seq_len=50, eval_chars=eval_chars)
+        config = TrainConfig(
+            text=str(small_text), epochs=1, max_steps=2, batch_size=8, seq_len=50, eval_chars=eval_chars
+        )
         Trainer.create(run, config, TINY, out=open(os.devnull, "w")).fit()
         assert json.loads((run / "config.json").read_text())["train"]["eval_chars"] == eval_chars
-        epoch = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"][-1]
+        epoch = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "epoch"][
+            -1
+        ]
         scored[eval_chars] = epoch["val_chars_scored"]
     assert scored == {500: 9 * 51, 0: 2_000}  # 9 windows of seq_len + 1; the whole 10% split
 
@@ -199,4 +247,5 @@ def test_bounded_validation_is_recorded(small_text, tmp_path):
 def test_cli_names_unsupported_url_schemes(tmp_path):
     done = run_cli("train", "--text", "ftp://example.com/a.txt", "--run", tmp_path / "run")
     assert done.returncode == 2 and done.stderr.strip() == (
-        "charrnn: error: ftp:// URLs are not supported, only http(s)://; download the file and pass its path")
+        "charrnn: error: ftp:// URLs are not supported, only http(s)://; download the file and pass its path"
+    )

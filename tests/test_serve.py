@@ -14,7 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 import charrnn
-from charrnn.serve import ServeLimits, create_app
+from charrnn.serving.app import ServeLimits, create_app
 
 LIMITS = ServeLimits(max_length=400, max_samples=4, max_prompt_chars=50, max_body_bytes=2000)
 
@@ -35,7 +35,7 @@ def sse(text: str) -> tuple[list[list[str]], dict]:
     chunks, done = [], None
     for event in text.strip().split("\n\n"):
         lines = event.split("\n")
-        data = json.loads("".join(l[6:] for l in lines if l.startswith("data: ")))
+        data = json.loads("".join(x[6:] for x in lines if x.startswith("data: ")))
         if lines[0] == "event: done":
             done = data
         else:
@@ -44,8 +44,15 @@ def sse(text: str) -> tuple[list[list[str]], dict]:
 
 
 def test_health_model_and_schema(client, model):
-    assert client.get("/health").json() == {"status": "ok", "active_streams": 0, "active_generations": 0, "active_rows": 0,
-                                            "queued_generations": 0, "max_batch": 64, "precision": model.backend(1).precision}
+    assert client.get("/health").json() == {
+        "status": "ok",
+        "active_streams": 0,
+        "active_generations": 0,
+        "active_rows": 0,
+        "queued_generations": 0,
+        "max_batch": 64,
+        "precision": model.backend(1).precision,
+    }
     info = client.get("/v1/model").json()
     assert info["cell"] == "gru" and info["hidden_size"] == 32 and info["vocab_size"] == len(info["vocabulary"])
     assert info["last_epoch"]["val_loss"] > 0 and info["limits"]["max_length"] == 400
@@ -60,7 +67,10 @@ def test_generate_matches_the_python_api(client, model):
     body = {"prompt": "ROMEO:", "length": 120, "temperature": 0.8, "top_k": 20, "seed": 7, "num_samples": 2}
     response = client.post("/v1/generate", json=body)
     assert response.status_code == 200
-    assert response.json() == {"samples": model.generate("ROMEO:", length=120, temperature=0.8, top_k=20, seed=7, num_samples=2), "seed": 7}
+    assert response.json() == {
+        "samples": model.generate("ROMEO:", length=120, temperature=0.8, top_k=20, seed=7, num_samples=2),
+        "seed": 7,
+    }
     unseeded = client.post("/v1/generate", json={"prompt": "A", "length": 20}).json()
     assert isinstance(unseeded["seed"], int)
     again = client.post("/v1/generate", json={"prompt": "A", "length": 20, "seed": unseeded["seed"]}).json()
@@ -76,17 +86,20 @@ def test_streaming_gives_the_same_text(client, model):
     assert "".join(c[0] for c in chunks) == model.generate("JULIET:", length=300, seed=3)[0]
 
 
-@pytest.mark.parametrize("body, status, fragment", [
-    ({"prompt": "Zoë"}, 400, "never saw: 'Z', 'ë'"),
-    ({"prompt": "Zoë", "stream": True}, 400, "never saw"),
-    ({"temperature": -1}, 400, "temperature must be a non-negative"),
-    ({"top_p": 0}, 400, "top_p must be a number in (0, 1]"),
-    ({"length": 401}, 400, "length is 401; this server allows at most 400 (--max-length)"),
-    ({"num_samples": 5}, 400, "at most 4 (--max-samples)"),
-    ({"prompt": "a" * 51}, 400, "prompt is 51 characters; this server allows at most 50"),
-    ({"length": "long"}, 422, "length"),
-    ({"lenght": 5}, 422, "lenght"),
-])
+@pytest.mark.parametrize(
+    "body, status, fragment",
+    [
+        ({"prompt": "Zoë"}, 400, "never saw: 'Z', 'ë'"),
+        ({"prompt": "Zoë", "stream": True}, 400, "never saw"),
+        ({"temperature": -1}, 400, "temperature must be a non-negative"),
+        ({"top_p": 0}, 400, "top_p must be a number in (0, 1]"),
+        ({"length": 401}, 400, "length is 401; this server allows at most 400 (--max-length)"),
+        ({"num_samples": 5}, 400, "at most 4 (--max-samples)"),
+        ({"prompt": "a" * 51}, 400, "prompt is 51 characters; this server allows at most 50"),
+        ({"length": "long"}, 422, "length"),
+        ({"lenght": 5}, 422, "lenght"),
+    ],
+)
 def test_bad_requests_get_json_errors(client, body, status, fragment):
     response = client.post("/v1/generate", json=body)
     assert response.status_code == status
@@ -94,10 +107,15 @@ def test_bad_requests_get_json_errors(client, body, status, fragment):
 
 
 def test_body_limit(client):
-    response = client.post("/v1/generate", content=json.dumps({"prompt": "a" * 3000}), headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/generate", content=json.dumps({"prompt": "a" * 3000}), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413 and "larger than 2000 bytes" in response.json()["error"]
-    chunked = client.post("/v1/generate", content=iter([b'{"prompt": "', b"a" * 2500, b'"}']),
-                          headers={"content-type": "application/json"})
+    chunked = client.post(
+        "/v1/generate",
+        content=iter([b'{"prompt": "', b"a" * 2500, b'"}']),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 413
 
 
@@ -123,12 +141,14 @@ def server(model):
 
 def test_concurrent_requests_are_each_correct(server, model):
     url, _ = server
+
     def ask(seed):
         body = {"prompt": "ROMEO:", "length": 150, "seed": seed, "stream": seed % 2 == 0}
         response = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
         if body["stream"]:
             return "".join(c[0] for c in sse(response.text)[0])
         return response.json()["samples"][0]
+
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(ask, range(6)))
     assert results == [model.generate("ROMEO:", length=150, seed=s)[0] for s in range(6)]
@@ -137,7 +157,9 @@ def test_concurrent_requests_are_each_correct(server, model):
 def test_client_disconnect_stops_generation(server):
     url, app = server
     with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{url}/v1/generate", json={"prompt": "A", "length": 200_000, "stream": True}) as response:
+        with http.stream(
+            "POST", f"{url}/v1/generate", json={"prompt": "A", "length": 200_000, "stream": True}
+        ) as response:
             received = 0
             for line in response.iter_lines():
                 received += line.startswith("data: ")
@@ -160,9 +182,19 @@ def test_web_page_in_a_real_browser(server, tmp_path):
     url, _ = server
     shot = Path(os.environ.get("CHARRNN_SCREENSHOT", tmp_path / "page.png"))
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1000, "height": 760})
         page.goto(url)
         page.wait_for_function("document.getElementById('about').textContent.includes('parameters')")

@@ -12,11 +12,10 @@ import pytest
 pytest.importorskip("fastapi")
 
 import charrnn
-from charrnn import decoding
-from charrnn.batching import Batcher
 from charrnn.errors import CharRNNError
-from charrnn.serve import ServeLimits, create_app
-
+from charrnn.generation import loop as decoding
+from charrnn.serving.app import ServeLimits, create_app
+from charrnn.serving.batcher import Batcher
 from conftest import run_cli
 from test_serve import sse
 from test_serve_reliability import health, live, wait_for
@@ -50,6 +49,7 @@ async def collect(generation) -> list[str]:
 
 def run_together(batcher: Batcher, requests: list[dict]) -> list[list[str]]:
     """Submit every request before the worker takes any (so they join at the same step); their samples."""
+
     async def main():
         loop = asyncio.get_running_loop()
         with batcher._lock:  # the worker admits nothing until all are queued
@@ -59,9 +59,19 @@ def run_together(batcher: Batcher, requests: list[dict]) -> list[list[str]]:
     return asyncio.run(main())
 
 
-def request(prompt="ROMEO:", length=150, seed=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, drop_unknown=False):
-    return dict(prompt=prompt, length=length, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                num_samples=num_samples, drop_unknown=drop_unknown)
+def request(
+    prompt="ROMEO:", length=150, seed=0, temperature=1.0, top_k=0, top_p=1.0, num_samples=1, drop_unknown=False
+):
+    return dict(
+        prompt=prompt,
+        length=length,
+        seed=seed,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        num_samples=num_samples,
+        drop_unknown=drop_unknown,
+    )
 
 
 @pytest.mark.parametrize("count", [2, 8])
@@ -77,12 +87,14 @@ def test_concurrent_seeded_requests_give_exactly_the_text_each_gives_alone(model
 def test_different_settings_prompts_and_lengths_in_one_batch(model):
     batcher = Batcher(model)
     sizes = recording(batcher)
-    requests = [request("JULIET:", 200, seed=1, temperature=0.7, top_k=5),
-                request("", 120, seed=2, top_p=0.8, num_samples=3),
-                request(["ROMEO:", "MARCIUS:"], 90, seed=3, temperature=1.3, num_samples=2),
-                request("First", 60, seed=4, temperature=0),  # greedy: draws no random numbers
-                request("A", 0, seed=5),  # nothing to generate: never joins
-                request("Zoë?", 80, seed=6, drop_unknown=True)]
+    requests = [
+        request("JULIET:", 200, seed=1, temperature=0.7, top_k=5),
+        request("", 120, seed=2, top_p=0.8, num_samples=3),
+        request(["ROMEO:", "MARCIUS:"], 90, seed=3, temperature=1.3, num_samples=2),
+        request("First", 60, seed=4, temperature=0),  # greedy: draws no random numbers
+        request("A", 0, seed=5),  # nothing to generate: never joins
+        request("Zoë?", 80, seed=6, drop_unknown=True),
+    ]
     got = run_together(batcher, requests)
     assert max(sizes) == 1 + 3 + 4 + 1 + 1 and sizes[-1] == 1  # the shorter ones left as they finished
     assert got == [model.generate(**options) for options in requests]
@@ -110,8 +122,11 @@ def test_bad_values_fail_at_submit_and_queue_nothing(model):
     batcher = Batcher(model)
     loop = asyncio.new_event_loop()
     try:
-        for bad, fragment in (({"temperature": -1}, "temperature"), ({"prompt": "Zoë"}, "never saw"),
-                              ({"num_samples": 0}, "num_samples")):
+        for bad, fragment in (
+            ({"temperature": -1}, "temperature"),
+            ({"prompt": "Zoë"}, "never saw"),
+            ({"num_samples": 0}, "num_samples"),
+        ):
             with pytest.raises(CharRNNError, match=fragment):
                 batcher.submit({**request(), **bad}, loop)
     finally:
@@ -147,18 +162,31 @@ def complete(url: str, body: dict) -> list[str]:
 def test_concurrent_http_requests_plain_streamed_and_openai_equal_alone(model, count):
     app = create_app(model, ServeLimits(max_length=2000), model_id="tiny")
     sizes = recording(app.state.batcher)
-    generates = [{"prompt": "ROMEO:", "length": 1000, "seed": seed, "temperature": 0.9, "stream": seed % 2 == 0}
-                 for seed in range(count)]
-    completions = [{"prompt": "JULIET:", "max_tokens": 800, "seed": seed, "top_p": 0.9, "stream": seed % 2 == 1,
-                    "stop": ["\n\n"] if seed % 4 == 1 else None} for seed in range(count)]
+    generates = [
+        {"prompt": "ROMEO:", "length": 1000, "seed": seed, "temperature": 0.9, "stream": seed % 2 == 0}
+        for seed in range(count)
+    ]
+    completions = [
+        {
+            "prompt": "JULIET:",
+            "max_tokens": 800,
+            "seed": seed,
+            "top_p": 0.9,
+            "stream": seed % 2 == 1,
+            "stop": ["\n\n"] if seed % 4 == 1 else None,
+        }
+        for seed in range(count)
+    ]
     with live(app) as url, ThreadPoolExecutor(max_workers=2 * count) as pool:
-        asked = [pool.submit(generate, url, body) for body in generates] + [pool.submit(complete, url, body) for body in completions]
+        asked = [pool.submit(generate, url, body) for body in generates] + [
+            pool.submit(complete, url, body) for body in completions
+        ]
         got = [future.result() for future in asked]
     assert max(sizes) >= 2  # some of them stepped together (with 1000 characters each, most of them)
     alone = [model.generate("ROMEO:", length=1000, seed=b["seed"], temperature=0.9) for b in generates]
     for body in completions:
-        text = model.generate("JULIET:", length=800, seed=body["seed"], top_p=0.9)[0][len("JULIET:"):]
-        alone.append([text[:text.find("\n\n")] if body["stop"] and "\n\n" in text else text])
+        text = model.generate("JULIET:", length=800, seed=body["seed"], top_p=0.9)[0][len("JULIET:") :]
+        alone.append([text[: text.find("\n\n")] if body["stop"] and "\n\n" in text else text])
     assert got == alone
 
 
@@ -168,8 +196,11 @@ def test_a_client_that_disconnects_leaves_the_batch_at_the_next_step(model):
     with live(app) as url, ThreadPoolExecutor(max_workers=1) as pool:
         staying = pool.submit(generate, url, {"prompt": "MARCIUS:", "length": 3000, "seed": 5, "stream": True})
         with httpx.Client(timeout=30) as http:
-            with http.stream("POST", f"{url}/v1/generate", json={"prompt": "A", "length": 3_000_000, "num_samples": 3,
-                                                                 "stream": True}) as response:
+            with http.stream(
+                "POST",
+                f"{url}/v1/generate",
+                json={"prompt": "A", "length": 3_000_000, "num_samples": 3, "stream": True},
+            ) as response:
                 for received, _line in enumerate(response.iter_lines()):
                     if received == 5:
                         assert wait_for(lambda: batcher.stats()["active_rows"] == 4, 10), batcher.stats()
@@ -185,13 +216,19 @@ def test_requests_beyond_max_batch_wait_in_a_queue(model):
     app = create_app(model, limits)
     with live(app) as url, ThreadPoolExecutor(max_workers=1) as pool:
         with httpx.Client(timeout=30) as http:
-            with http.stream("POST", f"{url}/v1/generate", json={"prompt": "A", "length": 3_000_000, "num_samples": 3,
-                                                                 "stream": True}) as response:
+            with http.stream(
+                "POST",
+                f"{url}/v1/generate",
+                json={"prompt": "A", "length": 3_000_000, "num_samples": 3, "stream": True},
+            ) as response:
                 lines = response.iter_lines()  # kept open: leaving a loop over it would close the connection
                 for _ in range(3):
                     next(lines)
                 waiting = pool.submit(generate, url, {"prompt": "B", "length": 100, "num_samples": 2, "seed": 1})
-                assert wait_for(lambda: health(url)["queued_generations"] == 1, 10), (health(url), waiting)  # 3 + 2 rows > 4
+                assert wait_for(lambda: health(url)["queued_generations"] == 1, 10), (
+                    health(url),
+                    waiting,
+                )  # 3 + 2 rows > 4
                 assert health(url)["active_rows"] == 3 and not waiting.done()
                 # Limits still answer at once, queue or not.
                 too_many = http.post(f"{url}/v1/generate", json={"prompt": "B", "num_samples": 5})
@@ -222,20 +259,30 @@ def test_health_and_model_report_the_batch(model):
 def test_the_onnx_export_is_served_with_batching(tiny_run, tmp_path):
     pytest.importorskip("onnxruntime")
     from charrnn import runtime
-    from charrnn.export import export
+    from charrnn.export.onnx import export
 
     export(tiny_run, tmp_path / "onnx")
     exported = runtime.load(tmp_path / "onnx")
     app = create_app(exported, ServeLimits(max_length=2000))
     sizes = recording(app.state.batcher)
-    bodies = [{"prompt": "ROMEO:", "length": 600, "seed": seed, "top_k": 10, "stream": seed % 2 == 0,
-               "num_samples": 1 + seed % 2} for seed in range(4)]
+    bodies = [
+        {
+            "prompt": "ROMEO:",
+            "length": 600,
+            "seed": seed,
+            "top_k": 10,
+            "stream": seed % 2 == 0,
+            "num_samples": 1 + seed % 2,
+        }
+        for seed in range(4)
+    ]
     with live(app) as url, ThreadPoolExecutor(max_workers=4) as pool:
         got = list(pool.map(lambda body: generate(url, body), bodies))
         assert health(url)["precision"] == "fp32"
     assert max(sizes) >= 2
-    assert got == [exported.generate("ROMEO:", length=600, seed=b["seed"], top_k=10, num_samples=b["num_samples"])
-                   for b in bodies]
+    assert got == [
+        exported.generate("ROMEO:", length=600, seed=b["seed"], top_k=10, num_samples=b["num_samples"]) for b in bodies
+    ]
 
 
 # -- at the tutorial's sizes ------------------------------------------------------------------------------
@@ -246,8 +293,8 @@ def wide_model(model):
     import torch
 
     from charrnn.config import ModelConfig
-    from charrnn.generate import CharModel
-    from charrnn.model import CharRNN
+    from charrnn.generation.torch_model import CharModel
+    from charrnn.model.network import CharRNN
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=len(model.vocab), embedding_size=64, hidden_size=256)
@@ -262,7 +309,7 @@ def test_a_rows_step_does_not_depend_on_the_other_rows(wide_model):
     rng = np.random.default_rng(0)
     state = torch.from_numpy(rng.normal(size=(1, 8, 256)).astype(np.float32) * 0.5)
     ids = rng.integers(0, len(wide_model.vocab), 8)
-    alone = [backend.step(ids[i:i + 1], state[:, i:i + 1].contiguous())[0][0].copy() for i in range(8)]
+    alone = [backend.step(ids[i : i + 1], state[:, i : i + 1].contiguous())[0][0].copy() for i in range(8)]
     together = backend.step(ids, state.contiguous())[0]
     assert all(np.array_equal(alone[i], together[i]) for i in range(8))
 

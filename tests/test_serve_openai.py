@@ -11,9 +11,8 @@ openai = pytest.importorskip("openai")
 from fastapi.testclient import TestClient
 
 import charrnn
-from charrnn.serve import ServeLimits, create_app
-from charrnn.serve_openai import Stops
-
+from charrnn.serving.app import ServeLimits, create_app
+from charrnn.serving.openai_api import Stops
 from test_serve_reliability import busy, health, live, wait_for
 
 LIMITS = ServeLimits(max_length=400, max_samples=4, max_prompt_chars=50, max_body_bytes=4000)
@@ -41,7 +40,7 @@ def continuations(model, prompt, **options) -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     samples = model.generate(prompt, **options)
     n = options.get("num_samples", 1)
-    return [text[len(prompts[i // n]):] for i, text in enumerate(samples)]
+    return [text[len(prompts[i // n]) :] for i, text in enumerate(samples)]
 
 
 def test_a_plain_completion(client, model):
@@ -51,19 +50,28 @@ def test_a_plain_completion(client, model):
     [choice] = completion.choices
     assert (choice.index, choice.finish_reason, choice.logprobs) == (0, "length", None)
     assert choice.text == continuations(model, "ROMEO:", length=50, temperature=0.8, seed=1)[0]
-    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (6, 50, 56)
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens, completion.usage.total_tokens) == (
+        6,
+        50,
+        56,
+    )
 
 
 def test_the_same_seed_gives_the_same_text_as_v1_generate(client, server):
     options = {"temperature": 0.9, "top_p": 0.95, "seed": 1234}
-    generated = httpx.post(f"{server}/v1/generate", json={"prompt": "JULIET:", "length": 120, "top_k": 20,
-                                                          "num_samples": 2, **options}, timeout=30).json()
-    completion = client.completions.create(model="tiny", prompt="JULIET:", max_tokens=120, n=2, extra_body={"top_k": 20},
-                                           **options)
+    generated = httpx.post(
+        f"{server}/v1/generate",
+        json={"prompt": "JULIET:", "length": 120, "top_k": 20, "num_samples": 2, **options},
+        timeout=30,
+    ).json()
+    completion = client.completions.create(
+        model="tiny", prompt="JULIET:", max_tokens=120, n=2, extra_body={"top_k": 20}, **options
+    )
     assert [c.text for c in completion.choices] == [s.removeprefix("JULIET:") for s in generated["samples"]]
     streamed = ["", ""]
-    for chunk in client.completions.create(model="tiny", prompt="JULIET:", max_tokens=120, n=2, stream=True,
-                                           extra_body={"top_k": 20}, **options):
+    for chunk in client.completions.create(
+        model="tiny", prompt="JULIET:", max_tokens=120, n=2, stream=True, extra_body={"top_k": 20}, **options
+    ):
         for choice in chunk.choices:
             streamed[choice.index] += choice.text
     assert streamed == [c.text for c in completion.choices]
@@ -78,8 +86,11 @@ def test_n_and_a_list_of_prompts(client, model):
 
 
 def test_streaming(client, model):
-    chunks = list(client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=300, seed=2, stream=True,
-                                            stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="tiny", prompt="ROMEO:", max_tokens=300, seed=2, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert all(c.object == "text_completion" and c.model == "tiny" for c in chunks)
     assert len({c.id for c in chunks}) == 1
     *texts, last = chunks
@@ -95,8 +106,11 @@ def test_stop_strings_end_a_completion_and_are_not_returned(client, model):
     completion = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=200, seed=3, stop=stop)
     assert (completion.choices[0].text, completion.choices[0].finish_reason) == (full[:end], "stop")
     assert completion.usage.completion_tokens == end
-    streamed = list(client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=200, seed=3, stop=[stop, "\x00"],
-                                              stream=True))
+    streamed = list(
+        client.completions.create(
+            model="tiny", prompt="ROMEO:", max_tokens=200, seed=3, stop=[stop, "\x00"], stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in streamed) == full[:end]
     assert streamed[-1].choices[0].finish_reason == "stop"
     missing = client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=200, seed=3, stop="\x00")
@@ -117,8 +131,12 @@ def test_bad_requests_are_openai_errors(client):
     with pytest.raises(openai.BadRequestError) as error:
         client.completions.create(model="tiny", prompt="ROMEO:", max_tokens=401)
     assert error.value.status_code == 400 and error.value.param == "max_tokens"
-    assert error.value.body == {"message": "max_tokens is 401; this server allows at most 400 (--max-length)",
-                                "type": "invalid_request_error", "param": "max_tokens", "code": None}
+    assert error.value.body == {
+        "message": "max_tokens is 401; this server allows at most 400 (--max-length)",
+        "type": "invalid_request_error",
+        "param": "max_tokens",
+        "code": None,
+    }
     with pytest.raises(openai.BadRequestError, match="never saw: 'Z', 'ë'") as error:
         client.completions.create(model="tiny", prompt="Zoë", max_tokens=5)
     assert error.value.param == "prompt"
@@ -145,11 +163,27 @@ def test_bad_requests_are_openai_errors(client):
 
 
 def test_defaults_that_clients_send_are_accepted(client, model):
-    completion = client.completions.create(model="tiny", prompt="A", max_tokens=10, seed=4, echo=False, best_of=1,
-                                           logprobs=None, presence_penalty=0, frequency_penalty=0, logit_bias={},
-                                           user="someone", suffix=None, top_p=1, n=1)
+    completion = client.completions.create(
+        model="tiny",
+        prompt="A",
+        max_tokens=10,
+        seed=4,
+        echo=False,
+        best_of=1,
+        logprobs=None,
+        presence_penalty=0,
+        frequency_penalty=0,
+        logit_bias={},
+        user="someone",
+        suffix=None,
+        top_p=1,
+        n=1,
+    )
     assert completion.choices[0].text == continuations(model, "A", length=10, seed=4)[0]
-    assert client.completions.create(model="tiny", prompt="A", extra_body={"top_k": -1}).choices[0].finish_reason == "length"
+    assert (
+        client.completions.create(model="tiny", prompt="A", extra_body={"top_k": -1}).choices[0].finish_reason
+        == "length"
+    )
 
 
 def test_models(client):
@@ -191,7 +225,10 @@ def test_a_bug_is_an_openai_500_and_mid_stream_an_error_event(model):
     last = response.text.strip().split("\n\n")[-1]
     assert json.loads(last.removeprefix("data: "))["error"] == {
         "message": "internal error: RuntimeError: step broke; the server's log has the traceback",
-        "type": "server_error", "param": None, "code": None}
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
 
 
 def test_the_schema_documents_the_openai_endpoints(server):
@@ -200,7 +237,13 @@ def test_the_schema_documents_the_openai_endpoints(server):
     assert {"200", "400", "404", "413", "500"} <= set(completions) and "422" not in completions
     assert set(completions["200"]["content"]) == {"application/json", "text/event-stream"}
     for status in ("400", "404", "413", "500"):
-        assert completions[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/OpenAIErrorBody"}
+        assert completions[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/OpenAIErrorBody"
+        }
     fields = schema["components"]["schemas"]["CompletionRequest"]["properties"]
-    assert fields["seed"]["maximum"] == 2**64 - 1 and fields["max_tokens"]["maximum"] == 400 and fields["n"]["maximum"] == 4
+    assert (
+        fields["seed"]["maximum"] == 2**64 - 1
+        and fields["max_tokens"]["maximum"] == 400
+        and fields["n"]["maximum"] == 4
+    )
     assert {"/v1/models", "/v1/models/{name}"} <= set(schema["paths"])

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import charrnn
-from charrnn.serve import MAX_SEED, ServeLimits, bind, create_app
 from charrnn.errors import CharRNNError
+from charrnn.serving.app import MAX_SEED, ServeLimits, bind, create_app
 
 LIMITS = ServeLimits(max_length=60, max_samples=3, max_prompt_chars=20, max_body_bytes=20_000)
 FIELDS = ("prompt", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stream", "drop_unknown")
@@ -58,8 +58,20 @@ def assert_json_error(response, status: int, fragment: str = ""):
 
 
 # -- item 4: seeds ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed, status", [("-1", 400), ("-1e30", 400), (str(2**64), 400), ("1e40", 400), ("1.5", 422), ("true", 422),
-                                          ('"7"', 422), ("Infinity", 422), ("NaN", 422)])
+@pytest.mark.parametrize(
+    "seed, status",
+    [
+        ("-1", 400),
+        ("-1e30", 400),
+        (str(2**64), 400),
+        ("1e40", 400),
+        ("1.5", 422),
+        ("true", 422),
+        ('"7"', 422),
+        ("Infinity", 422),
+        ("NaN", 422),
+    ],
+)
 def test_seeds_outside_0_to_2_64_are_json_errors(client, seed, status):
     assert_json_error(post(client, f'{{"seed": {seed}, "length": 5}}'.encode()), status, "seed")
 
@@ -72,30 +84,49 @@ def test_the_largest_seed_works_and_matches_the_python_api(client, model):
 
 
 # -- item 13: strict types -----------------------------------------------------------------------------
-@pytest.mark.parametrize("body", [
-    {"length": True}, {"length": 5.5}, {"length": "5"}, {"temperature": True}, {"temperature": "1"}, {"top_k": False},
-    {"top_p": True}, {"num_samples": 1.25}, {"drop_unknown": 0}, {"drop_unknown": "true"}, {"stream": 1}, {"prompt": 5},
-    {"prompt": None}, {"prompt": ["a"]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"length": True},
+        {"length": 5.5},
+        {"length": "5"},
+        {"temperature": True},
+        {"temperature": "1"},
+        {"top_k": False},
+        {"top_p": True},
+        {"num_samples": 1.25},
+        {"drop_unknown": 0},
+        {"drop_unknown": "true"},
+        {"stream": 1},
+        {"prompt": 5},
+        {"prompt": None},
+        {"prompt": ["a"]},
+    ],
+)
 def test_types_are_strict(client, body):
     assert_json_error(client.post("/v1/generate", json=body), 422, next(iter(body)))
 
 
 def test_integers_are_numbers_and_whole_numbers_are_integers(client, model):
     # As in JSON Schema: 1 is a number, 10.0 an integer.
-    response = client.post("/v1/generate", json={"prompt": "A", "temperature": 1, "top_p": 1, "length": 10.0, "seed": 2.0})
+    response = client.post(
+        "/v1/generate", json={"prompt": "A", "temperature": 1, "top_p": 1, "length": 10.0, "seed": 2.0}
+    )
     assert response.json() == {"samples": model.generate("A", length=10, seed=2), "seed": 2}
 
 
-@pytest.mark.parametrize("body, fragment", [
-    (b'{"temperature": NaN}', "temperature must be a non-negative finite number"),
-    (b'{"temperature": Infinity}', "temperature must be a non-negative finite number"),
-    (b'{"length": -1}', "length must be a non-negative integer"),
-    (b'{"num_samples": 0}', "num_samples must be a positive integer"),
-    (b'{"top_k": -2}', "top_k must be a non-negative integer"),
-    (b'{"top_p": 1.5}', "top_p must be a number in (0, 1]"),
-    (b'{"length": 61}', "at most 60 (--max-length)"),
-])
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (b'{"temperature": NaN}', "temperature must be a non-negative finite number"),
+        (b'{"temperature": Infinity}', "temperature must be a non-negative finite number"),
+        (b'{"length": -1}', "length must be a non-negative integer"),
+        (b'{"num_samples": 0}', "num_samples must be a positive integer"),
+        (b'{"top_k": -2}', "top_k must be a non-negative integer"),
+        (b'{"top_p": 1.5}', "top_p must be a number in (0, 1]"),
+        (b'{"length": 61}', "at most 60 (--max-length)"),
+    ],
+)
 def test_out_of_range_values_get_the_shared_messages(client, body, fragment):
     assert_json_error(post(client, body), 400, fragment)
 
@@ -109,19 +140,22 @@ def test_unknown_paths_and_methods(client):
     assert_json_error(client.delete("/health"), 405, "use GET")
 
 
-@pytest.mark.parametrize("body, content_type, fragment", [
-    ('{"prompt": "café"}'.encode("latin-1"), "application/json", "not UTF-8"),
-    (b'{"prompt": "\xff\xfe"}', "application/json", "not UTF-8"),
-    (b"[" * 3000 + b"]" * 3000, "application/json", "nested too deeply"),
-    (b'{"prompt": ' + b"[" * 500 + b"]" * 500 + b"}", "application/json", "prompt"),
-    (b'{"top_k": ' + b"9" * 5000 + b"}", "application/json", "digits"),
-    (b'{"prompt": "a",', "application/json", "not valid JSON"),
-    (b"", "application/json", "body"),
-    (b"[]", "application/json", "body"),
-    (b'{"length": 3}', "application/x-www-form-urlencoded", "Content-Type: application/json"),
-    (b'{"length": 3}', "text/plain", "Content-Type: application/json"),
-    (b'{"\\ud800": 1}', "application/json", "malformed request"),
-])
+@pytest.mark.parametrize(
+    "body, content_type, fragment",
+    [
+        ('{"prompt": "café"}'.encode("latin-1"), "application/json", "not UTF-8"),
+        (b'{"prompt": "\xff\xfe"}', "application/json", "not UTF-8"),
+        (b"[" * 3000 + b"]" * 3000, "application/json", "nested too deeply"),
+        (b'{"prompt": ' + b"[" * 500 + b"]" * 500 + b"}", "application/json", "prompt"),
+        (b'{"top_k": ' + b"9" * 5000 + b"}", "application/json", "digits"),
+        (b'{"prompt": "a",', "application/json", "not valid JSON"),
+        (b"", "application/json", "body"),
+        (b"[]", "application/json", "body"),
+        (b'{"length": 3}', "application/x-www-form-urlencoded", "Content-Type: application/json"),
+        (b'{"length": 3}', "text/plain", "Content-Type: application/json"),
+        (b'{"\\ud800": 1}', "application/json", "malformed request"),
+    ],
+)
 def test_unreadable_bodies_are_json_422s(client, body, content_type, fragment):
     assert_json_error(post(client, body, content_type), 422, fragment)
 
@@ -176,45 +210,69 @@ def test_the_schema_documents_errors_and_ranges(client):
 # -- property: any body gets 200 or a JSON 4xx, and the published schema matches what is accepted --------
 def values():
     return st.one_of(
-        st.none(), st.booleans(), st.integers(-3, 70), st.integers(min_value=-(2**70), max_value=2**70),
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 70),
+        st.integers(min_value=-(2**70), max_value=2**70),
         st.sampled_from([0, 1, 2**64 - 1, 2**64, 0.0, 1.0, 0.5, -0.0, 1e-300, 1e300]),
-        st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False), st.text(max_size=25),
-        st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+        st.floats(allow_nan=False, allow_infinity=False, allow_subnormal=False),
+        st.text(max_size=25),
+        st.lists(st.integers(0, 3), max_size=2),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
 
 
 def bodies():
     known = st.dictionaries(st.sampled_from(FIELDS), values(), max_size=6)
-    prompt = st.text(alphabet=st.sampled_from("ROMEO: abc\nZ\u00eb\U0001F600"), max_size=25)
+    prompt = st.text(alphabet=st.sampled_from("ROMEO: abc\nZ\u00eb\U0001f600"), max_size=25)
     return st.one_of(
         known,
         st.builds(lambda b, p: {**b, "prompt": p}, known, prompt),
         st.builds(lambda b, k: {**b, **k}, known, st.dictionaries(st.text(max_size=8), values(), max_size=2)),
-        st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=8))
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+            max_leaves=8,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
 def request_schema(client):
     import jsonschema_rs
 
-    return jsonschema_rs.Draft202012Validator(client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"])
+    return jsonschema_rs.Draft202012Validator(
+        client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]
+    )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(body=bodies())
 def test_any_body_gets_200_or_a_json_4xx_as_the_schema_says(client, model, request_schema, body):
     response = client.post("/v1/generate", json=body)
     assert response.status_code in (200, 400, 422), response.text
     valid = request_schema.is_valid(body)
-    unknown = isinstance(body, dict) and valid and not body.get("drop_unknown") and model.vocab.unknown(body.get("prompt", ""))
+    unknown = (
+        isinstance(body, dict)
+        and valid
+        and not body.get("drop_unknown")
+        and model.vocab.unknown(body.get("prompt", ""))
+    )
     if response.status_code != 200:
         assert_json_error(response, response.status_code)
         assert not valid or (unknown and "never saw" in response.json()["error"]), (body, response.text)
         return
     assert valid, body
-    options = {"length": min(200, LIMITS.max_length),  # the server's default, which fits its --max-length
-               **{k: int(v) if isinstance(v, float) and k in ("length", "top_k", "seed", "num_samples") else v
-                  for k, v in body.items() if k != "stream"}}
+    options = {
+        "length": min(200, LIMITS.max_length),  # the server's default, which fits its --max-length
+        **{
+            k: int(v) if isinstance(v, float) and k in ("length", "top_k", "seed", "num_samples") else v
+            for k, v in body.items()
+            if k != "stream"
+        },
+    }
     samples = texts(response)
     assert len(samples) == options.get("num_samples", 1)
     if "seed" in options and options["seed"] is not None:  # a valid request round-trips to the Python API
@@ -272,8 +330,10 @@ def test_non_streaming_generation_stops_when_the_client_leaves(server):
     url, _ = server
     host, port = url.removeprefix("http://").split(":")
     body = json.dumps({"prompt": "A", "length": 3_000_000, "num_samples": 16}).encode()
-    request = (f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     clients = [socket.create_connection((host, int(port))) for _ in range(4)]  # the four closed at once
     for c in clients:
         c.sendall(request)
@@ -291,8 +351,10 @@ def test_non_streaming_generation_stops_when_the_client_leaves(server):
 def test_streaming_generation_still_stops_when_the_client_leaves(server):
     url, _ = server
     with httpx.Client(timeout=30) as http:
-        with http.stream("POST", f"{url}/v1/generate", json={"prompt": "A", "length": 3_000_000, "stream": True}) as response:
-            for received, line in enumerate(response.iter_lines()):
+        with http.stream(
+            "POST", f"{url}/v1/generate", json={"prompt": "A", "length": 3_000_000, "stream": True}
+        ) as response:
+            for received, _ in enumerate(response.iter_lines()):
                 if received == 5:  # (leaving this loop closes the connection)
                     assert busy(url) == {"status": "ok", "active_streams": 1, "active_generations": 1}
                     break
@@ -315,11 +377,13 @@ def test_a_port_in_use_is_a_one_line_error_naming_it(tiny_run):
             bind("127.0.0.1", port)
         result = run_cli("serve", tiny_run, "--port", port, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        f"charrnn: error: port {port} on 127.0.0.1 is already in use; stop what uses it or pick another with --port"]
+        f"charrnn: error: port {port} on 127.0.0.1 is already in use; stop what uses it or pick another with --port"
+    ]
     for port in ("99999", "-1"):
         result = run_cli("serve", tiny_run, "--port", port, timeout=120)
         assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-            f"charrnn: error: --port must be from 0 to 65535 (0 picks a free one); got {port}"]
+            f"charrnn: error: --port must be from 0 to 65535 (0 picks a free one); got {port}"
+        ]
 
 
 # -- contract: schemathesis against the live server's OpenAPI ------------------------------------------------
@@ -330,8 +394,15 @@ def contract_server(model):
         yield url
 
 
-OPERATIONS = [("POST", "/v1/generate"), ("GET", "/v1/model"), ("GET", "/health"), ("GET", "/"),
-              ("POST", "/v1/completions"), ("GET", "/v1/models"), ("GET", "/v1/models/{name}")]
+OPERATIONS = [
+    ("POST", "/v1/generate"),
+    ("GET", "/v1/model"),
+    ("GET", "/health"),
+    ("GET", "/"),
+    ("POST", "/v1/completions"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{name}"),
+]
 CONTRACT_LIMITS = ServeLimits(max_length=200, max_samples=4, max_prompt_chars=100)
 
 
@@ -345,9 +416,15 @@ def api_schema(contract_server):
 # Hypothesis strategies from schemathesis rather than `@schema.parametrize()`: with pytest 9.2 the
 # fixture-based form (schemathesis.pytest.from_fixture, 4.32) fails on the removed Function._nodeid, and
 # the schema must come from the live server, which needs the trained model, which is a fixture.
-@pytest.mark.parametrize("method, path, mode", [*((m, p, "positive") for m, p in OPERATIONS),
-                                                # the GETs take no input (or any string)
-                                                ("POST", "/v1/generate", "negative"), ("POST", "/v1/completions", "negative")])
+@pytest.mark.parametrize(
+    "method, path, mode",
+    [
+        *((m, p, "positive") for m, p in OPERATIONS),
+        # the GETs take no input (or any string)
+        ("POST", "/v1/generate", "negative"),
+        ("POST", "/v1/completions", "negative"),
+    ],
+)
 def test_the_live_server_honours_its_openapi(api_schema, model, method, path, mode):
     from schemathesis import GenerationMode
     from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -361,13 +438,18 @@ def test_the_live_server_honours_its_openapi(api_schema, model, method, path, mo
         body = case.body if isinstance(case.body, dict) else {}
         prompt = body.get("prompt", "")
         prompts = [prompt] if isinstance(prompt, str) else prompt if isinstance(prompt, list) else []
-        unseen = mode == "positive" and not body.get("drop_unknown") and any(
-            isinstance(p, str) and model.vocab.unknown(p) for p in prompts)
+        unseen = (
+            mode == "positive"
+            and not body.get("drop_unknown")
+            and any(isinstance(p, str) and model.vocab.unknown(p) for p in prompts)
+        )
         n = body.get("n") if isinstance(body.get("n"), (int, float)) else 1
         too_many = mode == "positive" and path == "/v1/completions" and len(prompts) * n > CONTRACT_LIMITS.max_samples
         # Every default check otherwise: no 5xx, documented statuses and content types, bodies that match
         # their schemas, schema-valid data accepted (a 404 for another model's name counts), invalid data rejected.
-        response = case.call_and_validate(timeout=30, excluded_checks=[positive_data_acceptance] if unseen or too_many else None)
+        response = case.call_and_validate(
+            timeout=30, excluded_checks=[positive_data_acceptance] if unseen or too_many else None
+        )
         if unseen or too_many:
             error = response.json()["error"]
             message = error["message"] if path == "/v1/completions" else error

@@ -11,16 +11,19 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charrnn import Callback, CharRNNError, TrainConfig, Trainer
-from charrnn.tblog import TAGS
-
+from charrnn.training.tensorboard import TAGS
 from conftest import TINY
 
 QUIET = dict(out=open(os.devnull, "w"))
 
 
 def config(small_text, **kw) -> TrainConfig:
-    return TrainConfig(**{**dict(text=str(small_text), epochs=2, batch_size=16, seq_len=40, seed=5, log_every=3,
-                                 checkpoint_every=10), **kw})
+    return TrainConfig(
+        **{
+            **dict(text=str(small_text), epochs=2, batch_size=16, seq_len=40, seed=5, log_every=3, checkpoint_every=10),
+            **kw,
+        }
+    )
 
 
 def scalars(run) -> dict[str, list[tuple[int, float]]]:
@@ -34,7 +37,9 @@ def expected(run) -> dict[str, list[tuple[int, float]]]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     wanted: dict[str, list[tuple[int, float]]] = {}
     for (kind, field), tag in TAGS.items():
-        points = [(r["step"], float(np.float32(r[field]))) for r in records if r["kind"] == kind and r.get(field) is not None]
+        points = [
+            (r["step"], float(np.float32(r[field]))) for r in records if r["kind"] == kind and r.get(field) is not None
+        ]
         if points:
             wanted[tag] = points
     return wanted
@@ -44,9 +49,18 @@ def test_event_files_hold_what_metrics_jsonl_holds(small_text, tmp_path):
     Trainer.create(tmp_path / "run", config(small_text), TINY, **QUIET).fit()
     assert list((tmp_path / "run").glob("events.out.tfevents.*"))
     got = scalars(tmp_path / "run")
-    assert set(got) == {"loss/train", "learning_rate", "loss/train_epoch", "loss/val", "bits_per_char/val", "time/ms_per_step"}
+    assert set(got) == {
+        "loss/train",
+        "learning_rate",
+        "loss/train_epoch",
+        "loss/val",
+        "bits_per_char/val",
+        "time/ms_per_step",
+    }
     assert got == expected(tmp_path / "run")
-    assert [step for step, _ in got["loss/val"]] == [step for step, _ in got["loss/train_epoch"]] and len(got["loss/val"]) == 2
+    assert [step for step, _ in got["loss/val"]] == [step for step, _ in got["loss/train_epoch"]] and len(
+        got["loss/val"]
+    ) == 2
 
 
 class CrashAt(Callback):
@@ -85,9 +99,9 @@ def test_off_writes_no_event_file_and_on_without_the_package_says_how(small_text
     assert not list((tmp_path / "off").glob("events.*"))
     with pytest.raises(CharRNNError, match="tensorboard must be one of auto, on, off"):
         config(small_text, tensorboard="yes")
-    import charrnn.tblog
+    import charrnn.training.tensorboard
 
-    monkeypatch.setattr(charrnn.tblog, "installed", lambda: False)
+    monkeypatch.setattr(charrnn.training.tensorboard, "installed", lambda: False)
     with pytest.raises(CharRNNError, match=r"pip install 'charrnn\[tensorboard\]', or train with --tensorboard off"):
         Trainer.create(tmp_path / "on", config(small_text, tensorboard="on"), TINY, **QUIET)
     assert not (tmp_path / "on").exists()  # nothing written
@@ -99,7 +113,9 @@ def test_the_flag(small_text, tmp_path):
     from conftest import run_cli
 
     flags = ["--text", small_text, "--hidden", "16", "--embedding", "8", "--batch-size", "16", "--seq-len", "40"]
-    result = run_cli("train", *flags, "--run", tmp_path / "r", "--max-steps", "2", "--log-every", "1", "--tensorboard", "off")
+    result = run_cli(
+        "train", *flags, "--run", tmp_path / "r", "--max-steps", "2", "--log-every", "1", "--tensorboard", "off"
+    )
     assert result.returncode == 0, result.stderr
     assert not list((tmp_path / "r").glob("events.*"))
     # Housekeeping, so it may change on resume; the event files then hold what was logged from there on.

@@ -1,7 +1,6 @@
 import dataclasses
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +9,8 @@ from safetensors.torch import load_file
 
 import charrnn
 from charrnn import Callback, CharRNNError, TrainConfig, Trainer
-from charrnn.checkpoint import load_trainer_state
-from charrnn.sampling import sample
-
+from charrnn.generation.sampling import sample
+from charrnn.model.weights import load_trainer_state
 from conftest import TINY
 
 QUIET = dict(out=open(os.devnull, "w"))
@@ -20,8 +18,15 @@ QUIET = dict(out=open(os.devnull, "w"))
 
 def test_run_directory_is_complete(tiny_run):
     names = {p.name for p in tiny_run.iterdir()}
-    assert {"config.json", "vocab.json", "latest.safetensors", "best.safetensors", "trainer_state.pt",
-            "metrics.jsonl", "loss.png"} <= names
+    assert {
+        "config.json",
+        "vocab.json",
+        "latest.safetensors",
+        "best.safetensors",
+        "trainer_state.pt",
+        "metrics.jsonl",
+        "loss.png",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     config = json.loads((tiny_run / "config.json").read_text())
     assert config["format_version"] == 1 and config["model"]["hidden_size"] == 32
@@ -65,7 +70,11 @@ def test_generation_matches_a_straightforward_loop(tiny_run):
 def test_batches_of_samples_and_prompts(tiny_run):
     model = charrnn.load(tiny_run)
     out = model.generate(["ROMEO:", "JULIET:\n"], length=30, num_samples=3, seed=1)
-    assert len(out) == 6 and all(o.startswith("ROMEO:") for o in out[:3]) and all(o.startswith("JULIET:\n") for o in out[3:])
+    assert (
+        len(out) == 6
+        and all(o.startswith("ROMEO:") for o in out[:3])
+        and all(o.startswith("JULIET:\n") for o in out[3:])
+    )
     assert len(set(out[:3])) > 1  # the samples differ
     pieces = list(model.stream(["ROMEO:", "JULIET:\n"], length=30, num_samples=3, seed=1))
     assert pieces[0] == ["ROMEO:"] * 3 + ["JULIET:\n"] * 3 and len(pieces) == 31
@@ -115,7 +124,9 @@ def test_resume_after_interruption_gives_identical_weights(small_text, tmp_path)
     assert whole.fit().status == "finished"
     steps_per_epoch = len(whole.batches)
 
-    part = Trainer.create(tmp_path / "part", _config(small_text), model, callbacks=[StopAt(steps_per_epoch + 3)], **QUIET)
+    part = Trainer.create(
+        tmp_path / "part", _config(small_text), model, callbacks=[StopAt(steps_per_epoch + 3)], **QUIET
+    )
     result = part.fit()
     assert result.status == "interrupted" and result.global_step == steps_per_epoch + 3
     resumed = Trainer.resume(tmp_path / "part", **QUIET)
@@ -124,8 +135,11 @@ def test_resume_after_interruption_gives_identical_weights(small_text, tmp_path)
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     timing = ("seconds", "ms_per_step", "elapsed")  # wall-clock figures differ from run to run
-    metrics = lambda run: [{k: v for k, v in json.loads(x).items() if k not in timing}
-                           for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    def metrics(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(x).items() if k not in timing} for x in lines]
+
     assert metrics("part") == metrics("whole")
 
 
@@ -140,7 +154,9 @@ def test_resume_refuses_changed_settings_and_extends_epochs(small_text, tmp_path
 
 
 def test_patience_stops_early(small_text, tmp_path):
-    trainer = Trainer.create(tmp_path / "p", dataclasses.replace(_config(small_text, patience=2), epochs=10), TINY, **QUIET)
+    trainer = Trainer.create(
+        tmp_path / "p", dataclasses.replace(_config(small_text, patience=2), epochs=10), TINY, **QUIET
+    )
     losses = iter([2.0, 1.9, 1.95, 1.91, 1.92, 1.5])  # best at epoch 2, then two epochs without improving
     trainer.evaluate = lambda ids=None: next(losses)
     result = trainer.fit()

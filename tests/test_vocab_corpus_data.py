@@ -4,10 +4,10 @@ import threading
 import numpy as np
 import pytest
 
-from charrnn.corpus import load_text
-from charrnn.data import Batches, eval_batches, split
+from charrnn.data.batches import Batches, eval_batches, split
+from charrnn.data.sources import load_text
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.vocab import Vocab
 
 
 def test_tutorial_vocabulary_and_encoding(shakespeare):
@@ -35,7 +35,7 @@ def test_builtin_shakespeare_from_data_dir(shakespeare):
 
 
 def test_builtin_missing_offline_says_where_to_put_it(tmp_path, monkeypatch):
-    import charrnn.corpus as corpus
+    import charrnn.data.sources as corpus
 
     monkeypatch.delenv("CHARRNN_DATA_DIR")
 

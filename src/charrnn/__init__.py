@@ -9,17 +9,29 @@ Attributes are imported on first use, so `charrnn.runtime` (numpy + onnxruntime)
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it.
 _LAZY = {
-    "ModelConfig": "config", "TrainConfig": "config", "CharRNNError": "errors", "CharModel": "generate",
-    "load": "generate", "CharRNN": "model", "Callback": "train", "Trainer": "train", "Vocab": "vocab",
-    "import_tutorial": "importer",
+    "ModelConfig": "config",
+    "TrainConfig": "config",
+    "CharRNNError": "errors",
+    "CharModel": "generation.torch_model",
+    "load": "generation.torch_model",
+    "CharRNN": "model.network",
+    "Callback": "training.trainer",
+    "Trainer": "training.trainer",
+    "Vocab": "data.vocab",
+    "import_tutorial": "convert.keras",
 }
-__all__ = sorted(_LAZY)
+# Public module -> where it lives: `from charrnn import runtime` is generation from an export, torch-free.
+_MODULES = {"runtime": "generation.exported"}
+__all__ = sorted([*_LAZY, *_MODULES])
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _MODULES:
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     raise AttributeError(f"module 'charrnn' has no attribute {name!r}")

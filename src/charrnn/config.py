@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
-from .errors import CharRNNError
+from charrnn.errors import CharRNNError
 
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
@@ -86,7 +87,9 @@ class TrainConfig:
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
     checkpoint_every: int = 200  # also save the latest checkpoint every N steps; 0 = epoch ends only
     log_every: int = 10  # write a metrics line every N steps
-    decode_errors: str = "fail"  # files of a folder or glob that do not decode: fail, skip (leave out) or replace (U+FFFD)
+    decode_errors: str = (
+        "fail"  # files of a folder or glob that do not decode: fail, skip (leave out) or replace (U+FFFD)
+    )
     eval_chars: int = 2_000_000  # validate on a fixed sample of at most this many characters; 0 = the whole split
     tensorboard: str = "auto"  # TensorBoard event files in the run directory: on, off, or auto (on when the
     #                            tensorboard package is installed)
@@ -146,7 +149,9 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise CharRNNError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
         if self.eval_chars < 0:  # an int: _check_types said so
-            raise CharRNNError(f"eval_chars must be a non-negative integer (0 = the whole split); got {self.eval_chars!r}")
+            raise CharRNNError(
+                f"eval_chars must be a non-negative integer (0 = the whole split); got {self.eval_chars!r}"
+            )
 
 
 def also_protocols(text: str) -> tuple[str, ...]:

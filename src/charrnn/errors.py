@@ -17,10 +17,14 @@ class WriteError(CharRNNError):
         import errno
 
         full, denied = ("free some space",), ("fix the folder's permissions",)
-        known = {errno.ENOSPC: ("the disk is full", *full), errno.EDQUOT: ("the disk quota is used up", *full),
-                 errno.EROFS: ("the file system is read-only", "make the disk writable"),
-                 errno.EACCES: ("permission denied", *denied), errno.EPERM: ("permission denied", *denied),
-                 errno.EFBIG: ("the file size limit was reached", "raise the limit (ulimit -f)")}
+        known = {
+            errno.ENOSPC: ("the disk is full", *full),
+            errno.EDQUOT: ("the disk quota is used up", *full),
+            errno.EROFS: ("the file system is read-only", "make the disk writable"),
+            errno.EACCES: ("permission denied", *denied),
+            errno.EPERM: ("permission denied", *denied),
+            errno.EFBIG: ("the file size limit was reached", "raise the limit (ulimit -f)"),
+        }
         self.path = path
         self.reason, self.action = known.get(exc.errno, (exc.strerror or str(exc), "fix that"))
         super().__init__(f"cannot write {path}: {self.reason}")

@@ -1,0 +1,406 @@
+"""Streaming preparation: a text of any size becomes a cached .npy of ids that training memory-maps.
+
+The files are read in chunks and never held whole. Pass 1 decodes them and collects the distinct
+characters (the vocabulary) and the length; pass 2 decodes them again, hashes the text (SHA-256 of its
+UTF-8, the fingerprint a run records and --resume checks) and writes the ids. The result is the same as
+`Vocab.from_text(load_text(...).text)` and `vocab.encode(text)`: files joined with a newline after any
+that does not end with one, BOMs dropped, `skip_chars` removed from the front.
+
+Speed, with no per-character Python: pure-ASCII runs (64 KB blocks) of ASCII-compatible encodings skip
+the decoder, since their bytes are their code points; the rest goes through an incremental decoder. The
+vocabulary pass deletes the ASCII bytes already known with bytes.translate and decodes only what is left;
+the encoding pass maps ASCII with bytes.translate and other text through UTF-32 (fixed width, so its bytes
+are code points) and a code point -> id table.
+
+The cache (`<cache dir>/prepared/`) is keyed by what was asked (files with size and mtime, encoding,
+decode_errors, skip_chars): a second run or --resume finds `<sha256>-<vocab>.npy` and starts without
+reading the text. A file lock lets concurrent runs (and DDP ranks) wait for one preparation.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from charrnn.config import DECODE_ERRORS
+from charrnn.data.sources import check_encoding, decode_error, resolve, skipped_message
+from charrnn.data.vocab import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.storage.files import atomic_path, atomic_write_text, cache_dir
+
+FORMAT_VERSION = 1
+CHUNK = 4 << 20  # bytes read at a time
+BLOCK = 64 << 10  # granularity of the pure-ASCII fast path within a chunk
+# Codecs whose ASCII bytes always mean the ASCII characters, whatever came before (no shift states).
+ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}
+PROGRESS_MIN_BYTES = 16 << 20  # smaller texts prepare too fast for a progress bar to help
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A prepared text: ids memory-mapped from the cache, and the fingerprint a run records."""
+
+    ids: np.ndarray  # (chars,) uint8/16/32, read-only memmap
+    vocab: Vocab
+    name: str  # short name, used for default run directories
+    source: str  # what the user asked for, resolved
+    sha256: str  # of the text's UTF-8 bytes, as Corpus.sha256
+    chars: int
+    skipped: tuple[str, ...]  # files left out by decode_errors="skip"
+    path: Path  # the cached .npy
+    cached: bool  # True when this call found it prepared already
+
+
+class _Undecodable(CharRNNError):
+    """A file that is not valid in the encoding (what --decode-errors skip leaves out; unreadable files are errors)."""
+
+
+class _Meter:
+    """MB/s progress on stderr: redrawn in place on a terminal, a plain line every 10% otherwise."""
+
+    def __init__(self, out: TextIO, label: str, total: int):
+        self.out, self.label, self.total = out, label, max(1, total)
+        self.show = total >= PROGRESS_MIN_BYTES
+        self.tty = hasattr(out, "isatty") and out.isatty()
+        self.started = self.last = time.perf_counter()
+        self.done, self.next_tenth = 0, 1
+
+    def add(self, nbytes: int) -> None:
+        self.done += nbytes
+        now = time.perf_counter()
+        tenth = 10 * self.done // self.total
+        if not self.show or (self.tty and now - self.last < 0.5) or (not self.tty and tenth < self.next_tenth):
+            return
+        self.last, self.next_tenth = now, tenth + 1
+        self._write(now)
+
+    def _write(self, now: float) -> None:
+        rate = self.done / 1e6 / max(now - self.started, 1e-9)
+        line = f"{self.label}: {self.done / 1e6:,.0f}/{self.total / 1e6:,.0f} MB, {rate:,.0f} MB/s"
+        self.out.write(("\r" + line) if self.tty else (line + "\n"))
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.show and self.tty:
+            self._write(time.perf_counter())
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _file_pieces(path: Path, label: str, codec: str, errors: str, meter: _Meter) -> Iterator[bytes | str]:
+    """The decoded text of one file in pieces: ASCII as bytes (they are their own code points), the rest
+    as str. A UTF-8 BOM (and a leading U+FEFF of any encoding) is dropped, as corpus.decode does."""
+    decoder = codecs.getincrementaldecoder(codec)("replace" if errors == "replace" else "strict")
+    fast = codec in ASCII_COMPATIBLE
+    at_start, position, head = True, 0, b""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        while True:
+            try:
+                data = handle.read(CHUNK if position else max(CHUNK, 4))  # a BOM is never split
+            except OSError as exc:
+                raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+            meter.add(len(data))
+            if position == 0:
+                head = data[:4]
+                if codec == "utf-8" and data.startswith(codecs.BOM_UTF8):
+                    data, position = data[3:], 3
+            for start, end, ascii in _runs(data) if fast else [(0, len(data), False)]:
+                run = data[start:end]
+                pending = decoder.getstate()[0]
+                if ascii and not pending:
+                    piece: bytes | str = run
+                else:
+                    try:
+                        piece = decoder.decode(run, final=not data)
+                    except UnicodeDecodeError as exc:
+                        raise _Undecodable(str(decode_error(exc, label, head, position - len(pending)))) from None
+                    if at_start and piece:
+                        at_start = False
+                        piece = piece[1:] if piece.startswith("\ufeff") else piece
+                    if piece.isascii():  # O(1) in CPython: the common case takes the bytes path
+                        piece = piece.encode("ascii")
+                at_start = at_start and not piece
+                position += len(run)
+                if piece:
+                    yield piece
+            if not data:
+                return
+
+
+def _runs(data: bytes) -> list[tuple[int, int, bool]]:
+    """(start, end, pure ASCII) runs of `data` in BLOCK-sized steps: in real text a few non-ASCII
+    characters would otherwise send a whole chunk through the (slower) decoder and UTF-32."""
+    if not data:
+        return [(0, 0, False)]
+    array = np.frombuffer(data, np.uint8)
+    full = len(array) // BLOCK * BLOCK
+    flags = list(array[:full].reshape(-1, BLOCK).max(axis=1) < 0x80) if full else []
+    if full < len(array):
+        flags.append(array[full:].max() < 0x80)
+    runs = []
+    for index, ascii in enumerate(flags):
+        start = index * BLOCK
+        if runs and runs[-1][2] == ascii:
+            runs[-1] = (runs[-1][0], min(start + BLOCK, len(array)), ascii)
+        else:
+            runs.append((start, min(start + BLOCK, len(array)), bool(ascii)))
+    return runs
+
+
+def _stream(files, labels, codec, errors, skip_chars, joined, meter) -> Iterator[tuple[int, bytes | str | None]]:
+    """(file index, piece) of the joined text after `skip_chars`. With errors="skip", a file that fails
+    yields (index, None) after its pieces so far: the consumer drops them (and the skip count rewinds)."""
+    remaining = skip_chars
+    for index, (path, label) in enumerate(zip(files, labels)):
+        saved, last = remaining, None
+        try:
+            for piece in _file_pieces(path, label, codec, errors, meter):
+                last = piece[-1:]
+                if remaining:
+                    cut = min(remaining, len(piece))
+                    piece, remaining = piece[cut:], remaining - cut
+                if piece:
+                    yield index, piece
+        except _Undecodable:
+            if errors != "skip" or len(files) == 1:
+                raise
+            remaining = saved
+            yield index, None
+            continue
+        if joined and last is not None and last not in (b"\n", "\n"):
+            if remaining:
+                remaining -= 1  # the joining newline is skipped like any character
+            else:
+                yield index, b"\n"
+
+
+def _points(piece: bytes | str) -> np.ndarray:
+    if isinstance(piece, bytes):
+        return np.frombuffer(piece, np.uint8)
+    return np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), np.uint32)
+
+
+def _scan(files, labels, codec, errors, skip_chars, joined, out) -> tuple[list[int], int, set[int]]:
+    """Pass 1: (sorted distinct code points, characters, indices of the files that failed to decode)."""
+    meter = _Meter(out, "preparing: pass 1/2 (vocabulary)", sum(p.stat().st_size for p in files))
+    chars, failed = 0, set()
+    known: set[str] = set()  # characters of the files decoded to the end
+    current, pending, pending_chars = -1, set(), 0
+    # New characters are found without looking at each one: bytes.translate deletes (at memory speed)
+    # the ASCII bytes already known from the piece's UTF-8, and only what is left is decoded and added.
+    # Multi-byte UTF-8 sequences have no ASCII bytes, so deleting ASCII never breaks one.
+    delete = b""
+
+    def refresh() -> None:
+        nonlocal delete
+        delete = bytes(sorted(ord(c) for c in known | pending if ord(c) < 0x80))
+
+    # A file's characters count only once it has decoded to the end (errors="skip" may drop it).
+    for index, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
+        if index != current:
+            known |= pending
+            chars += pending_chars
+            current, pending, pending_chars = index, set(), 0
+            refresh()
+        if piece is None:
+            failed.add(index)
+            pending, pending_chars = set(), 0
+            refresh()
+            continue
+        pending_chars += len(piece)
+        utf8 = piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass")
+        rest = utf8.translate(None, delete)
+        if rest:
+            new = set(rest.decode("utf-8", "surrogatepass")) - known - pending
+            if new:
+                pending |= new
+                refresh()
+    known |= pending
+    chars += pending_chars
+    meter.close()
+    return sorted(map(ord, known)), chars, failed
+
+
+def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, vocab: Vocab, chars: int, out) -> str:
+    """Pass 2: write the ids as a .npy (header, then the array streamed) and return the text's SHA-256."""
+    table = np.zeros(ord(vocab.chars[-1]) + 1, vocab.dtype)  # code point -> id
+    table[[ord(c) for c in vocab.chars]] = np.arange(len(vocab), dtype=vocab.dtype)
+    # ASCII pieces: bytes.translate maps them at memory speed. ASCII sorts first, so ASCII ids are < 128
+    # and fit a byte whatever the vocabulary's size; wider ids are the same bytes zero-extended.
+    ascii_in_vocab = bytes(ord(c) for c in vocab.chars if ord(c) < 0x80)
+    translate = bytes(np.resize(table[:0x80], 256).astype(np.uint8))
+    digest = hashlib.sha256()
+    meter = _Meter(out, "preparing: pass 2/2 (encoding)", sum(p.stat().st_size for p in files))
+    written = 0
+    changed = CharRNNError("the text changed while it was being prepared; run again")
+    with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
+        header = {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (chars,)}
+        np.lib.format.write_array_header_1_0(handle, header)
+        for _, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
+            if piece is None:
+                raise changed
+            if written + len(piece) > chars:
+                raise changed
+            if isinstance(piece, bytes):
+                if piece.translate(None, ascii_in_vocab):
+                    raise changed
+                digest.update(piece)
+                ids = piece.translate(translate)
+                handle.write(
+                    ids if vocab.dtype == np.uint8 else np.frombuffer(ids, np.uint8).astype(vocab.dtype).tobytes()
+                )
+            else:
+                points = _points(piece)
+                if int(points.max()) >= len(table):
+                    raise changed
+                digest.update(piece.encode("utf-8", "surrogatepass"))
+                handle.write(table.take(points).tobytes())
+            written += len(piece)
+        if written != chars:
+            raise changed
+        handle.flush()
+    meter.close()
+    return digest.hexdigest()
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive OS lock on `path` (where fcntl exists): one preparation at a time per cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, at worst two runs prepare the same text
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _request_key(files, codec: str, errors: str, skip_chars: int) -> str:
+    """What was asked, with each file's identity, size and times: a changed file is a new key. The inode
+    change time is in it because tools that copy or sync files keep the modification time (cp -p,
+    rsync -t) but cannot set ctime, so an edit that keeps the size and mtime is still noticed."""
+    stats = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+        stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
+    request = [FORMAT_VERSION, codec, errors, skip_chars, stats]
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:32]
+
+
+def _load(entry: Path, manifest: dict, name: str, source: str, cached: bool) -> Prepared:
+    ids = np.load(entry.parent / manifest["ids"], mmap_mode="r")
+    vocab = Vocab(tuple(manifest["vocab"]))
+    if ids.shape != (manifest["chars"],) or ids.dtype != vocab.dtype:
+        raise CharRNNError(f"{entry.parent / manifest['ids']} is damaged; delete it and run again")
+    return Prepared(
+        ids,
+        vocab,
+        name,
+        source,
+        manifest["sha256"],
+        manifest["chars"],
+        tuple(manifest["skipped"]),
+        entry.parent / manifest["ids"],
+        cached,
+    )
+
+
+def prepare(
+    spec: str = "shakespeare",
+    *,
+    encoding: str = "utf-8",
+    skip_chars: int = 0,
+    data_dir=None,
+    decode_errors: str = "fail",
+    out: TextIO | None = None,
+) -> Prepared:
+    """The ids, vocabulary and fingerprint of a text, from the cache or prepared now (two streaming passes)."""
+    if skip_chars < 0:
+        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
+    if decode_errors not in DECODE_ERRORS:
+        raise CharRNNError(f"--decode-errors must be one of {', '.join(DECODE_ERRORS)}; got {decode_errors!r}")
+    check_encoding(encoding)
+    codec = codecs.lookup(encoding).name
+    out = out if out is not None else sys.stderr
+    found = resolve(spec, data_dir)
+    files, labels = list(found.files), list(found.labels)
+    joined = len(files) > 1  # as corpus._join: a newline between files only when there are several
+    folder = cache_dir() / "prepared"
+    key = _request_key(files, codec, decode_errors, skip_chars)
+    entry = folder / f"{key}.json"
+    with _locked(folder / f"{key}.lock"):
+        if entry.is_file():
+            try:
+                manifest = json.loads(entry.read_text(encoding="utf-8"))
+                if manifest.get("format_version") == FORMAT_VERSION and (folder / manifest["ids"]).is_file():
+                    prepared = _load(entry, manifest, found.name, found.source, cached=True)
+                    if prepared.skipped:  # said on every run, not only the one that prepared it
+                        out.write(f"charrnn: {skipped_message(list(prepared.skipped), encoding)}\n")
+                    return prepared
+            except (OSError, ValueError, KeyError, TypeError, CharRNNError):
+                pass  # a damaged entry is prepared again
+        for stale in folder.glob(f"*{key}.partial.npy*"):  # left by a preparation that was killed
+            stale.unlink(missing_ok=True)
+        started = time.perf_counter()
+        points, chars, failed = _scan(files, labels, codec, decode_errors, skip_chars, joined, out)
+        if chars == 0:
+            raise CharRNNError(
+                f"{found.source}: no text left to train on"
+                + (f" after skipping {skip_chars} characters" if skip_chars else "")
+            )
+        skipped = [labels[i] for i in sorted(failed)]
+        if skipped:
+            out.write(f"charrnn: {skipped_message(skipped, encoding)}\n")
+        keep = [i for i in range(len(files)) if i not in failed]
+        vocab = Vocab(tuple(chr(p) for p in points))
+        vocab_key = hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+        tmp_name = f".{key}.partial.npy"
+        sha = _write_ids(
+            folder / tmp_name,
+            [files[i] for i in keep],
+            [labels[i] for i in keep],
+            codec,
+            decode_errors,
+            skip_chars,
+            joined,
+            vocab,
+            chars,
+            out,
+        )
+        ids_name = f"{sha[:32]}-{vocab_key}.npy"
+        os.replace(folder / tmp_name, folder / ids_name)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "ids": ids_name,
+            "sha256": sha,
+            "chars": chars,
+            "vocab": list(vocab.chars),
+            "skipped": skipped,
+            "source": found.source,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        atomic_write_text(entry, json.dumps(manifest, ensure_ascii=True) + "\n")
+        return _load(entry, manifest, found.name, found.source, cached=False)

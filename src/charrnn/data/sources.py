@@ -1,0 +1,252 @@
+"""Text in: a file, a folder of *.txt, a glob, an http(s) URL, or a built-in corpus name.
+
+`resolve` turns a --text into local files; `load_text` reads them into one Python string (for scoring
+and small texts), while training streams them chunk by chunk (prepare.py). Bytes are decoded strictly (a wrong encoding is an error that
+names the file and byte offset, never silently replaced characters), a UTF-8 byte-order mark is dropped,
+and `skip_chars` removes a prefix such as a licence header. For folders and globs, `decode_errors`
+("skip" or "replace") leaves out the files that do not decode, or replaces their bad bytes with U+FFFD.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from charrnn.errors import CharRNNError
+from charrnn.storage.files import atomic_path, cache_dir
+
+
+@dataclass(frozen=True)
+class BuiltinCorpus:
+    """A well-known text that can be named instead of a path."""
+
+    filename: str
+    url: str
+    sha256: str
+    chars: int
+
+
+BUILTINS = {
+    "shakespeare": BuiltinCorpus(
+        filename="shakespeare.txt",
+        url="https://storage.googleapis.com/download.tensorflow.org/data/shakespeare.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        chars=1_115_394,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A loaded text and where it came from."""
+
+    text: str
+    name: str  # short name, used for default run directories
+    source: str  # what the user asked for, resolved (paths, URL)
+    sha256: str  # of the decoded text's UTF-8 bytes, so a run records exactly what it saw
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The directory searched first for built-in corpora: --data-dir, else $CHARRNN_DATA_DIR."""
+    value = explicit if explicit is not None else os.environ.get("CHARRNN_DATA_DIR")
+    return Path(value).expanduser() if value else None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _download(url: str, dest: Path, timeout: float = 30.0) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_path(dest) as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CharRNNError(f"could not download {url}: {reason}") from None
+
+
+def _builtin_path(name: str, explicit_data_dir) -> tuple[Path, str]:
+    """The verified local file of a built-in corpus (downloaded once), and where it came from."""
+    spec = BUILTINS[name]
+    places = []
+    directory = data_dir(explicit_data_dir)
+    if directory is not None:
+        places.append(directory / spec.filename)
+    cached = cache_dir() / spec.filename
+    places.append(cached)
+    for path in places:
+        if path.is_file():
+            data = path.read_bytes()
+            if _sha256(data) != spec.sha256:
+                raise CharRNNError(
+                    f"{path} is not the expected {name} text (SHA-256 mismatch); delete it or replace it "
+                    f"with the file from {spec.url}"
+                )
+            return path, str(path)
+    try:
+        _download(spec.url, cached)
+    except CharRNNError as exc:
+        where = f"{directory}/ or " if directory is not None else ""
+        raise CharRNNError(
+            f"{exc}; offline? put {spec.filename} in {where}{cached.parent}/ "
+            "(or point --data-dir / CHARRNN_DATA_DIR at its folder)"
+        ) from None
+    data = cached.read_bytes()
+    if _sha256(data) != spec.sha256:
+        cached.unlink()
+        raise CharRNNError(f"the download of {spec.url} is corrupt (SHA-256 mismatch); try again")
+    return cached, spec.url
+
+
+def _url_path(url: str) -> Path:
+    # One file per URL; the hash keeps different URLs with the same basename apart.
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
+    path = cache_dir() / "urls" / f"{_sha256(url.encode())[:16]}-{name}"
+    if not path.is_file():
+        _download(url, path)
+    return path
+
+
+def check_encoding(encoding: str) -> None:
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise CharRNNError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8 or latin-1") from None
+
+
+def is_utf8(encoding: str) -> bool:
+    return encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+
+
+def decode_error(exc: UnicodeDecodeError, origin: str, head: bytes, offset: int = 0) -> CharRNNError:
+    """The one-line error for bytes that do not decode; `head` is the file's first bytes (for a hint),
+    `offset` where the failing piece starts in the file."""
+    # A UTF-16 byte-order mark says what the file is; otherwise latin-1 decodes any bytes.
+    hint = "utf-16" if head.startswith((b"\xff\xfe", b"\xfe\xff")) else "latin-1"
+    return CharRNNError(
+        f"{origin}: invalid {exc.encoding} at byte {offset + exc.start} ({exc.reason}); "
+        f"pass --encoding with the file's real encoding (e.g. --encoding {hint}), or for a folder or glob "
+        "--decode-errors skip (leave such files out) or replace (use U+FFFD)"
+    )
+
+
+def skipped_message(skipped: list[str], encoding: str) -> str:
+    shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+    return f"skipped {len(skipped)} file(s) that are not valid {encoding} (--decode-errors skip): {shown}"
+
+
+def decode(data: bytes, encoding: str, origin: str, errors: str = "fail") -> str:
+    """Decode strictly (or with U+FFFD for errors="replace"); a UTF-8 (or UTF-16/32) byte-order mark is dropped."""
+    check_encoding(encoding)
+    if is_utf8(encoding):
+        encoding = "utf-8-sig"  # identical to utf-8 but drops a leading BOM
+    try:
+        text = data.decode(encoding, "replace" if errors == "replace" else "strict")
+    except UnicodeDecodeError as exc:
+        raise decode_error(exc, origin, data[:2]) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _join(parts: list[str]) -> str:
+    # Concatenate files, adding a newline only where one does not end with it, so the last line of
+    # one file never runs into the first line of the next.
+    out = []
+    for part in parts:
+        out.append(part)
+        if part and not part.endswith("\n"):
+            out.append("\n")
+    return "".join(out) if len(parts) > 1 else "".join(parts)
+
+
+def _read_files(paths: list[Path], encoding: str, labels: list[str] | None = None, errors: str = "fail") -> str:
+    texts, skipped = [], []
+    for i, path in enumerate(paths):
+        label = labels[i] if labels else str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            texts.append(decode(data, encoding, label, errors))
+        except CharRNNError:
+            if errors != "skip" or len(paths) == 1:
+                raise
+            skipped.append(label)
+    if skipped:
+        print(f"charrnn: {skipped_message(skipped, encoding)}", file=sys.stderr)
+    return _join(texts)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a --text names, resolved to local files (downloads fetched into the cache)."""
+
+    files: tuple[Path, ...]
+    labels: tuple[str, ...]  # how each file is named in messages
+    source: str  # what the user asked for, resolved (paths, URL)
+    name: str  # short name, used for default run directories
+
+
+def looks_like_url(spec: str) -> bool:
+    """scheme://... (http, https, ftp, s3, ...): never a relative path to make absolute."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", str(spec)) is not None
+
+
+def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
+    """The files behind a built-in name, URL, file, folder (*.txt, sorted) or glob pattern."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if spec in BUILTINS and not path.exists():
+        file, source = _builtin_path(spec, data_dir)
+        return Source((file,), (source,), source, spec)
+    if spec.startswith(("http://", "https://")):
+        name = Path(spec.rstrip("/").rsplit("/", 1)[-1]).stem or "download"
+        return Source((_url_path(spec),), (spec,), spec, name)
+    if looks_like_url(spec) and not path.exists():
+        scheme = spec.split("://", 1)[0]
+        raise CharRNNError(f"{scheme}:// URLs are not supported, only http(s)://; download the file and pass its path")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        if not files:
+            raise CharRNNError(f"folder {path} has no *.txt files; point --text at a file or a folder of .txt files")
+        return Source(tuple(files), tuple(map(str, files)), str(path.resolve()), path.resolve().name)
+    if path.is_file():
+        return Source((path,), (str(path),), str(path.resolve()), path.stem)
+    if glob.has_magic(spec):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not files:
+            raise CharRNNError(f"no files match {spec!r}")
+        return Source(tuple(files), tuple(map(str, files)), spec, files[0].parent.name or "glob")
+    builtins = ", ".join(sorted(BUILTINS))
+    raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")
+
+
+def load_text(
+    spec: str = "shakespeare",
+    *,
+    encoding: str = "utf-8",
+    skip_chars: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    decode_errors: str = "fail",
+) -> Corpus:
+    """Load a corpus into memory (for scoring and small texts; training streams it, see prepare.py)."""
+    if skip_chars < 0:
+        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
+    found = resolve(spec, data_dir)
+    text = _read_files(list(found.files), encoding, list(found.labels), decode_errors)
+    source = found.source
+    text = text[skip_chars:]
+    if not text:
+        raise CharRNNError(
+            f"{source}: no text left to train on" + (f" after skipping {skip_chars} characters" if skip_chars else "")
+        )
+    return Corpus(text=text, name=found.name, source=source, sha256=_sha256(text.encode("utf-8", "surrogatepass")))

@@ -1,0 +1,1 @@
+"""Export a run as a one-step ONNX generator."""

@@ -1,0 +1,112 @@
+"""The generation loop, independent of what computes the logits (PyTorch, or ONNX Runtime without torch).
+
+A backend primes each prompt and advances the batch one character at a time; this module owns prompts,
+argument checks, the random stream and sampling. So `charrnn.load(RUN)` and
+`charrnn.runtime.load(EXPORT)` behave identically, and the same seed gives the same text from both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from numbers import Integral
+from typing import Any, Protocol
+
+import numpy as np
+
+from charrnn.data.vocab import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.generation.sampling import check_sampling, sample
+
+# Tried in order when the prompt is empty: a fresh line is the most neutral start for most texts.
+DEFAULT_PRIMERS = ("\n", " ", ".")
+
+
+class Backend(Protocol):
+    def prime(self, prompts: list[np.ndarray], num_samples: int) -> tuple[np.ndarray, Any]:
+        """Run each prompt's ids; return next-character logits (prompts * num_samples, vocab), prompt-major,
+        and the batch's state."""
+
+    def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
+        """Feed one id per row (batch,); return logits (batch, vocab) and the new state."""
+
+    # For the server's continuous batching (batching.py): requests join and leave a running batch.
+    def join(self, states: list[Any]) -> Any:
+        """The states' rows one after another, as one batch's state (a new one: the inputs may be reused)."""
+
+    def take(self, state: Any, rows: list[int]) -> Any:
+        """A new state holding only these rows of `state`, in this order."""
+
+
+def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
+    """Ids to prime with, and whether they are the user's prompt (else a default primer, not shown)."""
+    if not isinstance(prompt, str):
+        raise CharRNNError(f"prompt must be a string; got {type(prompt).__name__}")
+    missing = vocab.unknown(prompt)
+    if missing and not drop_unknown:
+        shown = ", ".join(repr(c) for c in missing[:10])
+        raise CharRNNError(
+            f"the prompt has character(s) the model never saw: {shown}; remove them, or drop them with "
+            "drop_unknown (--drop-unknown on the command line)"
+        )
+    ids = vocab.encode(prompt, drop_unknown=True)
+    if len(ids):
+        return ids, True
+    primer = next((c for c in DEFAULT_PRIMERS if c in vocab), vocab.chars[0])
+    return vocab.encode(primer), False
+
+
+MAX_SEED = 2**64 - 1  # numpy's generators take any non-negative integer; this keeps seeds portable
+
+
+def check_request(
+    prompts: Sequence[str],
+    length: int,
+    num_samples: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None = None,
+) -> None:
+    if not prompts:
+        raise CharRNNError("give at least one prompt")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED):
+        raise CharRNNError(f"seed must be an integer from 0 to 2**64 - 1; got {seed!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise CharRNNError(f"length must be a non-negative integer; got {length!r}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise CharRNNError(f"num_samples must be a positive integer; got {num_samples!r}")
+    check_sampling(temperature, top_k, top_p)
+
+
+def stream(
+    backend_for,
+    vocab: Vocab,
+    prompt: str | Sequence[str] = "",
+    length: int = 1000,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    num_samples: int = 1,
+    drop_unknown: bool = False,
+) -> Iterator[list[str]]:
+    """Yield the prompts, then one character per sample per step (see CharModel.stream).
+    `backend_for(batch)` returns the Backend to use for that many rows."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    check_request(prompts, length, num_samples, temperature, top_k, top_p, seed)
+    encoded = [prompt_ids(vocab, p, drop_unknown) for p in prompts]
+    backend = backend_for(len(prompts) * num_samples)
+    rng = np.random.default_rng(seed)
+    logits, state = backend.prime([ids for ids, _ in encoded], num_samples)
+    yield [vocab.decode(ids) if shown else "" for ids, shown in encoded for _ in range(num_samples)]
+    chars = vocab.chars
+    for step in range(length):
+        next_ids = sample(logits, rng, temperature, top_k, top_p, checked=True)  # (batch,)
+        yield [chars[i] for i in next_ids]
+        if step + 1 < length:
+            logits, state = backend.step(next_ids, state)
+
+
+def join(pieces: Iterator[list[str]]) -> list[str]:
+    """Every sample of a stream in full: the prompt followed by its generated characters."""
+    return ["".join(column) for column in zip(*pieces)]

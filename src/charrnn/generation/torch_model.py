@@ -1,0 +1,194 @@
+"""The Python API for a trained model: `charrnn.load(RUN)` -> CharModel with generate / stream / evaluate.
+
+The CLI (and the server) call exactly these methods. Generation primes each distinct prompt once, then
+samples all rows of the batch together, carrying the recurrent state one character at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.data.vocab import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.generation import loop as decoding
+from charrnn.model import scoring as evaluation
+from charrnn.model.network import CharRNN
+from charrnn.model.precision import (
+    bf16_native,
+    int8_native,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    steps_on_kernels,
+)
+from charrnn.model.scoring import Protocols
+from charrnn.model.stepper import Stepper
+from charrnn.model.summary import count_parameters
+from charrnn.model.weights import load_run
+from charrnn.storage.run import read_metrics
+
+# With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
+# with bf16 where the hardware has native bf16: below it, PyTorch's bf16 products cost more than fp32's.
+BF16_MIN_BATCH = 8
+
+
+class CharModel:
+    """A trained model with its vocabulary, ready to generate."""
+
+    def __init__(
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        train_config: TrainConfig | None = None,
+        corpus: dict[str, Any] | None = None,
+        run_dir: Path | None = None,
+        precision: str = "auto",
+    ):
+        self.model = model.eval()
+        resolve_precision(precision, self.device, generation=True)  # validates
+        self.precision = precision
+        self.vocab = vocab
+        self.config: ModelConfig = model.config
+        self.train_config = train_config
+        self.corpus = corpus or {}
+        self.run_dir = run_dir
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.dense.weight.device
+
+    def describe(self) -> dict[str, Any]:
+        """Architecture, vocabulary, parameters and the run's last training metrics."""
+        epochs = [m for m in read_metrics(self.run_dir) if m.get("kind") == "epoch"] if self.run_dir else []
+        return {
+            "vocab_size": len(self.vocab),
+            "cell": self.config.cell,
+            "num_layers": self.config.num_layers,
+            "embedding_size": self.config.embedding_size,
+            "hidden_size": self.config.hidden_size,
+            "parameters": count_parameters(self.model),
+            "corpus": self.corpus,
+            "last_epoch": epochs[-1] if epochs else None,
+        }
+
+    # -- generation ---------------------------------------------------------------------------------
+    def dtype_for(self, batch: int) -> torch.dtype:
+        """The matrix-product dtype used to generate a batch of this size."""
+        if self.precision == "auto":
+            # Measured (bench/speed.py, README Speed): with VNNI, int8 is the fastest at every batch size
+            # (batch 1 reads a quarter of fp32's bytes, batch 64 does 4x the multiply-adds per instruction)
+            # and moves the validation loss by 5e-5 nats/char; then bf16 where native, which reads half
+            # of fp32's bytes at batch 1.
+            if int8_native(self.device):
+                return torch.int8
+            if not bf16_native(self.device):
+                return torch.float32
+            fast = steps_on_kernels(self.model, torch.bfloat16) or batch >= BF16_MIN_BATCH
+            return torch.bfloat16 if fast else torch.float32
+        return resolve_precision(self.precision, self.device, generation=True)
+
+    def backend(self, batch: int) -> TorchBackend:
+        return TorchBackend(self.model, self.dtype_for(batch))
+
+    def stream(
+        self,
+        prompt: str | Sequence[str] = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        drop_unknown: bool = False,
+    ) -> Iterator[list[str]]:
+        """Yield the text as it is produced: first the prompts, then one character per sample per step.
+
+        Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
+        then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
+        return decoding.stream(
+            self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
+        )
+
+    def generate(
+        self,
+        prompt: str | Sequence[str] = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        drop_unknown: bool = False,
+    ) -> list[str]:
+        """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
+        return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate(
+        self,
+        text: str,
+        drop_unknown: bool = False,
+        seq_len: int | None = None,
+        batch_size: int = 64,
+        protocol: str = "chunks",
+        windows: int = 12_800,
+        window_len: int = 256,
+    ) -> dict[str, float]:
+        """Mean cross-entropy of `text` in nats/char and bits/char under `protocol` (evaluation.py):
+        chunks (of the run's seq_len, state reset per chunk), stateful or windows."""
+        ids = self.vocab.encode(text, drop_unknown=drop_unknown)
+        if len(ids) < 2:
+            raise CharRNNError("the evaluation text needs at least two known characters")
+        seq_len = seq_len or (self.train_config.seq_len if self.train_config else 100)
+        settings = Protocols(seq_len=seq_len, batch_size=batch_size, windows=windows, window_len=window_len)
+        loss = evaluation.evaluate(self.model, ids, protocol, settings)
+        return {"loss": loss, "bits_per_char": loss / math.log(2), "chars": int(len(ids)), "protocol": protocol}
+
+
+class TorchBackend:
+    """decoding.Backend over the PyTorch model: primes with forward(), steps with a Stepper."""
+
+    def __init__(self, model: CharRNN, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+        self.stepper = Stepper(model, dtype)
+        self.device = model.dense.weight.device
+
+    @torch.inference_mode()
+    def prime(self, prompts: list[np.ndarray], num_samples: int):
+        logits, states = [], []
+        for ids in prompts:
+            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device), dtype=self.dtype)
+            logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
+            states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
+        return torch.cat(logits).cpu().numpy(), torch.cat(states, dim=1).contiguous()
+
+    def step(self, ids: np.ndarray, state: torch.Tensor):
+        if self.device.type == "cpu":
+            return self.stepper.step_numpy(ids, state)
+        logits, state = self.stepper.step(torch.from_numpy(ids).to(self.device), state)
+        return logits.cpu().numpy(), state
+
+    @property
+    def precision(self) -> str:
+        return precision_name(self.dtype)
+
+    def join(self, states: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(states, dim=1)  # (layers, rows, hidden) each -> (layers, all rows, hidden)
+
+    def take(self, state: torch.Tensor, rows: list[int]) -> torch.Tensor:
+        return state.index_select(1, torch.tensor(rows, dtype=torch.int64, device=state.device))
+
+
+def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:
+    """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists).
+    precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (bf16 where this hardware has it natively)."""
+    run_dir = Path(run_dir)
+    model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
+    return CharModel(model, vocab, train_config, corpus, run_dir, precision)

@@ -1,0 +1,39 @@
+"""The model summary printed before training (Keras's `model.summary()` layout) and parameter counts."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from charrnn.model.network import CharRNN
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def summary(model: CharRNN) -> str:
+    """A Keras-style table of layers, output shapes and parameter counts."""
+    cfg = model.config
+    layer_name = cfg.cell if cfg.num_layers == 1 else f"{cfg.cell} x{cfg.num_layers}"
+    rows = [
+        ("embedding (Embedding)", f"(batch, time, {cfg.embedding_size})", count_parameters(model.embedding)),
+        (f"{layer_name} ({cfg.cell.upper()})", f"(batch, time, {cfg.hidden_size})", count_parameters(model.rnn)),
+        ("dense (Linear)", f"(batch, time, {cfg.vocab_size})", count_parameters(model.dense)),
+    ]
+    widths = (28, 26, 12)
+    rule = "-" * sum(widths)
+    lines = [
+        f'Model: "charrnn" ({cfg.cell}, vocabulary {cfg.vocab_size})',
+        rule,
+        f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{widths[2]}}",
+        "=" * sum(widths),
+    ]
+    for name, shape, params in rows:
+        lines.append(f"{name:<{widths[0]}}{shape:<{widths[1]}}{params:>{widths[2]},}")
+    lines += [
+        "=" * sum(widths),
+        f"Total params: {count_parameters(model):,}",
+        f"Trainable params: {count_parameters(model):,}",
+        rule,
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""The run directory: everything generation and resumption need, and nothing that runs code on load.
+
+    config.json         model + training settings, corpus fingerprint, format version
+    vocab.json          the characters, in id order
+    latest.safetensors  weights after the most recent epoch (or step checkpoint)
+    best.safetensors    weights with the lowest validation loss so far
+    trainer_state.pt    weights, optimizer moments, position and RNG states, for --resume
+                        (plain tensors and numbers, read with torch.load(weights_only=True))
+    metrics.jsonl       one JSON line every few steps and one per epoch
+    loss.png            train and validation loss against steps
+
+Every file is written atomically, and trainer_state.pt carries its own copy of the weights, so a crash
+at any moment leaves a consistent checkpoint to resume from. Every file is checked when read
+(formats.py): weight files and the trainer state carry a SHA-256 of their tensors, so flipped bytes
+are an error that names the file, never a silently different model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from charrnn import __version__
+from charrnn.config import ModelConfig, TrainConfig, from_dict
+from charrnn.errors import CharRNNError
+from charrnn.storage import formats
+from charrnn.storage.files import LOCK_FILE, atomic_write_text, is_temporary
+
+CONFIG_FORMAT_VERSION = 1
+
+
+CONFIG = "config.json"
+
+
+VOCAB = "vocab.json"
+
+
+LATEST = "latest.safetensors"
+
+
+BEST = "best.safetensors"
+
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+METRICS = "metrics.jsonl"
+
+
+PLOT = "loss.png"
+
+
+CHECKPOINTS = {"latest": LATEST, "best": BEST}
+
+
+def is_run(path: Path) -> bool:
+    return (Path(path) / CONFIG).is_file()
+
+
+def holds_user_files(path: Path) -> bool:
+    """Whether a folder has anything but what an interrupted `charrnn train` may have left (its lock and
+    temporaries): such a folder is the user's, and charrnn never writes into it."""
+    path = Path(path)
+    return path.is_dir() and any(e.name != LOCK_FILE and not is_temporary(e.name) for e in path.iterdir())
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run may go into a missing or empty folder only."""
+    run_dir = Path(run_dir)
+    if is_run(run_dir):
+        raise CharRNNError(
+            f"{run_dir} already holds a run; resume it with `charrnn train --resume {run_dir}` or choose another --run"
+        )
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CharRNNError(f"{run_dir} exists and is not a folder; choose another --run")
+    if holds_user_files(run_dir):
+        raise CharRNNError(
+            f"{run_dir} is a folder with files in it that is not a charrnn run; charrnn never writes "
+            "into such a folder: choose a new or empty --run"
+        )
+
+
+def save_config(
+    run_dir: Path,
+    model: ModelConfig,
+    train: TrainConfig,
+    corpus: dict[str, Any],
+    started_from: dict[str, Any] | None = None,
+) -> None:
+    """`started_from`: where the weights came from when not a fresh initialisation (fine-tune, import)."""
+    data = {
+        "format_version": CONFIG_FORMAT_VERSION,
+        "charrnn_version": __version__,
+        "model": dataclasses.asdict(model),
+        "train": dataclasses.asdict(train),
+        "corpus": corpus,
+    }
+    if started_from is not None:
+        data["started_from"] = started_from
+    atomic_write_text(Path(run_dir) / CONFIG, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
+    """Read config.json: (model config, training config, corpus fingerprint)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise CharRNNError(
+            f"{run_dir} is not a charrnn run (no {CONFIG}); train one with `charrnn train --run {run_dir}`"
+        )
+    fix = "restore it from a backup, or train a new run"
+    data = formats.load(formats.ConfigFile, path, fix)
+    try:
+        model = from_dict(ModelConfig, data.model, "model")
+        train = from_dict(TrainConfig, data.train, "train")
+    except CharRNNError as exc:
+        raise CharRNNError(f"{path} is damaged ({exc}); {fix}") from None
+    return model, train, data.corpus.model_dump()
+
+
+def load_started_from(run_dir: Path) -> dict[str, Any] | None:
+    """config.json's record of where the run's weights started (None: a fresh initialisation)."""
+    return formats.load(formats.ConfigFile, Path(run_dir) / CONFIG, "restore it from a backup").started_from
+
+
+def checkpoint_path(run_dir: Path, checkpoint: str | None) -> Path:
+    """`best` or `latest`; None means best when the run has one (it validates), else latest."""
+    run_dir = Path(run_dir)
+    if checkpoint is None:
+        checkpoint = "best" if (run_dir / BEST).is_file() else "latest"
+    if checkpoint not in CHECKPOINTS:
+        raise CharRNNError(f"checkpoint must be 'best' or 'latest'; got {checkpoint!r}")
+    path = run_dir / CHECKPOINTS[checkpoint]
+    if not path.is_file():
+        if checkpoint == "best" and (run_dir / LATEST).is_file():
+            raise CharRNNError(
+                f"{run_dir} has no best checkpoint (the run has no validation split); use --checkpoint latest"
+            )
+        raise CharRNNError(f"{run_dir} has no checkpoint yet; train it first (charrnn train --resume {run_dir})")
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash; the rest are fine
+        if isinstance(record, dict):
+            records.append(record)
+    return records
