@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import run_cli
-from test_cli import assert_one_line_error
+from helpers import assert_one_line_error
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tutorial"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "tutorial"
 CORPUS = FIXTURES / "corpus.txt"
 KERAS3 = FIXTURES / "keras3" / "tutorial.weights.h5"
 CHECKPOINTS = FIXTURES / "keras2" / "training_checkpoints"

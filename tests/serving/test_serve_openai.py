@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 import charrnn
 from charrnn.serving.app import ServeLimits, create_app
 from charrnn.serving.openai_api import Stops
-from test_serve_reliability import busy, health, live, wait_for
+from helpers import busy, health, live, wait_for
 
 LIMITS = ServeLimits(max_length=400, max_samples=4, max_prompt_chars=50, max_body_bytes=4000)
 

@@ -7,17 +7,7 @@ import time
 import pytest
 
 from conftest import run_cli
-
-TINY_FLAGS = ["--hidden", "32", "--embedding", "16", "--batch-size", "16", "--seq-len", "40"]
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("charrnn: error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from helpers import TINY_FLAGS, assert_one_line_error
 
 
 def test_train_generate_eval_resume_end_to_end(small_text, tmp_path):

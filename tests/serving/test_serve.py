@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 import charrnn
 from charrnn.serving.app import ServeLimits, create_app
+from helpers import sse
 
 LIMITS = ServeLimits(max_length=400, max_samples=4, max_prompt_chars=50, max_body_bytes=2000)
 
@@ -28,19 +29,6 @@ def model(tiny_run):
 def client(model):
     with TestClient(create_app(model, LIMITS)) as test_client:
         yield test_client
-
-
-def sse(text: str) -> tuple[list[list[str]], dict]:
-    """(the texts of every data event, the done event's data)."""
-    chunks, done = [], None
-    for event in text.strip().split("\n\n"):
-        lines = event.split("\n")
-        data = json.loads("".join(x[6:] for x in lines if x.startswith("data: ")))
-        if lines[0] == "event: done":
-            done = data
-        else:
-            chunks.append(data["texts"])
-    return chunks, done
 
 
 def test_health_model_and_schema(client, model):

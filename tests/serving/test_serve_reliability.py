@@ -2,10 +2,8 @@
 the OpenAPI schema tells the truth (hypothesis and schemathesis check it), and a client that leaves stops
 its generation, streamed or not."""
 
-import contextlib
 import json
 import socket
-import threading
 import time
 
 import httpx
@@ -21,6 +19,7 @@ from hypothesis import strategies as st
 import charrnn
 from charrnn.errors import CharRNNError
 from charrnn.serving.app import MAX_SEED, ServeLimits, bind, create_app
+from helpers import busy, health, live, wait_for
 
 LIMITS = ServeLimits(max_length=60, max_samples=3, max_prompt_chars=20, max_body_bytes=20_000)
 FIELDS = ("prompt", "length", "temperature", "top_k", "top_p", "seed", "num_samples", "stream", "drop_unknown")
@@ -280,50 +279,11 @@ def test_any_body_gets_200_or_a_json_4xx_as_the_schema_says(client, model, reque
 
 
 # -- item 14: a client that leaves stops its generation ---------------------------------------------------
-@contextlib.contextmanager
-def live(app):
-    """`app` on uvicorn in a thread, on a free port of 127.0.0.1 bound by charrnn.serve.bind; yields its URL."""
-    import uvicorn
-
-    listener = bind("127.0.0.1", 0)
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not instance.started and time.time() < deadline:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        instance.should_exit = True
-        thread.join(timeout=10)
-        listener.close()
-
-
 @pytest.fixture(scope="module")
 def server(model):
     app = create_app(model, ServeLimits(max_length=3_000_000, max_samples=16))
     with live(app) as url:
         yield url, app
-
-
-def health(url) -> dict:
-    return httpx.get(f"{url}/health", timeout=10).json()
-
-
-def busy(url) -> dict:
-    """/health's counts of streams and generations (it also reports the batch's rows, queue and dtype)."""
-    answer = health(url)
-    return {key: answer[key] for key in ("status", "active_streams", "active_generations")}
-
-
-def wait_for(condition, seconds: float) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_non_streaming_generation_stops_when_the_client_leaves(server):

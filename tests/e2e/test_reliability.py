@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from charrnn import cli
 from charrnn.storage.files import is_temporary
 from conftest import run_cli
-from test_cli import TINY_FLAGS, assert_one_line_error
+from helpers import TINY_FLAGS, assert_one_line_error
 
 
 def main(capsys, *args) -> tuple[int, str]:

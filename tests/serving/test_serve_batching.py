@@ -17,8 +17,7 @@ from charrnn.generation import loop as decoding
 from charrnn.serving.app import ServeLimits, create_app
 from charrnn.serving.batcher import Batcher
 from conftest import run_cli
-from test_serve import sse
-from test_serve_reliability import health, live, wait_for
+from helpers import health, live, sse, wait_for
 
 
 @pytest.fixture(scope="module")

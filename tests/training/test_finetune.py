@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from conftest import TINY, run_cli
-from test_cli import assert_one_line_error
+from helpers import assert_one_line_error
 
-FIXTURES = Path(__file__).parent / "fixtures" / "tutorial"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "tutorial"
 
 
 def _weights(run: Path) -> dict:
