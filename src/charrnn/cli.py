@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import secrets
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from charrnn.config import (
     ModelConfig,
     TrainConfig,
     from_dict,
+    random_seed,
 )
 from charrnn.errors import CharRNNError
 from charrnn.training.presets import PRESETS, preset
@@ -286,7 +286,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise CharRNNError("give --prompt or --prompt-file, not both")
     prompt = read_prompt_file(args.prompt_file) if args.prompt_file is not None else (args.prompt or "")
     model = load_any(args.run, args.checkpoint, args.device, precision=args.precision)
-    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    seed = args.seed if args.seed is not None else random_seed()
     options = dict(
         length=args.length,
         temperature=args.temperature,
@@ -377,6 +377,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for k in ("max_length", "max_samples", "max_prompt_chars", "max_body_bytes", "max_batch")
         }
     )
+
     def load(threads, precision):
         return load_any(args.run, threads=threads, precision=precision)
 

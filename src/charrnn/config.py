@@ -19,7 +19,16 @@ GENERATION_PRECISIONS = (*PRECISIONS, "int8")  # int8: generation only (quantise
 DECODE_ERRORS = ("fail", "skip", "replace")
 TENSORBOARD = ("auto", "on", "off")
 PROTOCOLS = ("chunks", "stateful", "windows")  # evaluation protocols: see evaluation.py
-MAX_SEED = 2**32 - 1  # training seeds: the batch order seeds a generator with seed * 1_000_003 + epoch
+# Every seed, training's and generation's, is an integer in [0, MAX_SEED]: numpy's generators take any
+# non-negative integer and torch's take up to 2**64 - 1.
+MAX_SEED = 2**64 - 1
+
+
+def random_seed() -> int:
+    """A seed for a request or command that names none; it is reported back, so the text can be made again."""
+    import secrets
+
+    return secrets.randbelow(2**31)
 
 
 def _check_types(config: Any) -> None:
@@ -81,7 +90,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate
     lr_schedule: str = "constant"  # constant, or cosine: decay to lr/10 over the planned steps (epochs or max_steps)
     clip: float = 0.0  # clip the gradient norm to this; 0 = off
-    seed: int = 0  # seeds weights, shuffling and dropout (0 to 2**32 - 1): same seed, same run
+    seed: int = 0  # seeds weights, shuffling and dropout (0 to 2**64 - 1): same seed, same run
     device: str = "auto"  # auto (cuda when available), cpu or cuda
     precision: str = "auto"  # matrix products in bf16 or fp32; auto = bf16 where the hardware does it natively
     patience: int = 0  # stop when validation loss has not improved for this many epochs; 0 = off
@@ -118,7 +127,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise CharRNNError(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
         if self.seed > MAX_SEED:
-            raise CharRNNError(f"seed must be an integer from 0 to {MAX_SEED}; got {self.seed}")
+            raise CharRNNError(f"seed must be an integer from 0 to 2**64 - 1; got {self.seed}")
         if not isinstance(self.log_every, int) or self.log_every < 1:
             raise CharRNNError(f"log_every must be a positive integer; got {self.log_every!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):

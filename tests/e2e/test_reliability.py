@@ -50,7 +50,7 @@ def test_train_refuses_a_folder_that_is_not_a_run(small_text, tmp_path):
 
 
 def test_bad_settings_are_refused_before_anything_is_written(small_text, tmp_path, capsys):
-    for seed in ("100000000000000000", str(2**64), "-1"):
+    for seed in (str(2**64), "-1"):
         code, line = main(capsys, "train", "--text", small_text, "--run", tmp_path / "s", "--seed", seed, *TINY_FLAGS)
         assert code == 2 and "seed must be" in line
         assert not (tmp_path / "s").exists()

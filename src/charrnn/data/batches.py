@@ -31,6 +31,11 @@ def chunk(ids: np.ndarray, seq_len: int) -> np.ndarray:
     return ids[: n * (seq_len + 1)].reshape(n, seq_len + 1)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle's seed for `epoch`: a pure function of (seed, epoch), within torch's seed range."""
+    return (seed * 1_000_003 + epoch) % 2**64
+
+
 @dataclass
 class Batches:
     """Shuffled fixed-size training batches over one array of ids."""
@@ -58,7 +63,7 @@ class Batches:
 
     def order(self, epoch: int) -> torch.Tensor:
         """The chunk permutation of `epoch`, a pure function of (seed, epoch)."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return torch.randperm(len(self.chunks), generator=generator)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -130,7 +135,7 @@ class Streams:
         return max(0, (self.stream_len - 1) // self.seq_len)
 
     def offset(self, epoch: int) -> int:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         return int(torch.randint(self.seq_len, (1,), generator=generator))
 
     def starts(self, epoch: int) -> np.ndarray:

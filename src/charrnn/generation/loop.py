@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from charrnn.config import MAX_SEED
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.generation.sampling import check_sampling, sample
@@ -53,9 +54,6 @@ def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarra
         return ids, True
     primer = next((c for c in DEFAULT_PRIMERS if c in vocab), vocab.chars[0])
     return vocab.encode(primer), False
-
-
-MAX_SEED = 2**64 - 1  # numpy's generators take any non-negative integer; this keeps seeds portable
 
 
 def check_request(

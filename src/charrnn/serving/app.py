@@ -24,15 +24,14 @@ malformed request, 500 for a bug; the OpenAI-compatible paths use OpenAI's error
 """
 
 import json
-import secrets
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from charrnn.config import MAX_SEED, random_seed
 from charrnn.errors import CharRNNError
 from charrnn.generation import loop as decoding
-from charrnn.generation.loop import MAX_SEED
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     def check(request: GenerateRequest) -> dict[str, Any]:
         check_limits(limits, request.length, request.num_samples, [request.prompt], ("length", "num_samples", "prompt"))
         options = request.model_dump(exclude={"stream"})
-        options["seed"] = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        options["seed"] = request.seed if request.seed is not None else random_seed()
         return options
 
     default_openapi = app.openapi

@@ -19,8 +19,8 @@ import time
 from contextlib import aclosing
 from typing import Any
 
+from charrnn.config import MAX_SEED, random_seed
 from charrnn.errors import CharRNNError
-from charrnn.generation.loop import MAX_SEED
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 MAX_STOPS = 4  # OpenAI's limit on stop sequences
@@ -279,7 +279,7 @@ def install(app, batcher, limits, model_id: str) -> None:
             temperature=1.0 if body.temperature is None else body.temperature,
             top_p=1.0 if body.top_p is None else body.top_p,
             top_k=0 if body.top_k in (None, -1) else body.top_k,  # vLLM's -1 = off
-            seed=body.seed if body.seed is not None else secrets.randbelow(2**31),
+            seed=body.seed if body.seed is not None else random_seed(),
         )
         return options, stops
 
