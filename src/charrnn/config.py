@@ -13,6 +13,9 @@ from charrnn.errors import CharRNNError
 
 CELLS = ("gru", "lstm", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
+# Generation and scoring default to the CPU: one character at a time, a GPU's per-step launch costs more
+# than the CPU step kernels' work. Training's default is TrainConfig.device ("auto": CUDA when there is one).
+GENERATION_DEVICE = "cpu"
 LR_SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_PRECISIONS = (*PRECISIONS, "int8")  # int8: generation only (quantised step kernels)

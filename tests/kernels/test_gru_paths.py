@@ -131,7 +131,7 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
 
 
 def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_path):
-    from charrnn.generation.torch_model import BF16_MIN_BATCH
+    from charrnn.model.precision import BF16_MIN_BATCH
     from charrnn.model.precision import bf16_native, bf16_trains_faster, int8_native
 
     native = bf16_native(torch.device("cpu"))
@@ -141,7 +141,7 @@ def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_pat
     if int8_native(torch.device("cpu")):
         assert model.dtype_for(1) == model.dtype_for(64) == torch.int8
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("charrnn.generation.torch_model.int8_native", lambda device: False)
+        patch.setattr("charrnn.model.precision.int8_native", lambda device: False)
         assert model.dtype_for(1) == (low if build.available() else torch.float32)
         assert model.dtype_for(BF16_MIN_BATCH) == low
         # ... and through PyTorch's products (no C compiler) only from BF16_MIN_BATCH rows

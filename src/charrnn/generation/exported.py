@@ -18,7 +18,7 @@ import numpy as np
 
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.generation import loop as decoding
+from charrnn.generation import loop
 from charrnn.storage import formats
 
 
@@ -27,7 +27,7 @@ def is_export(path: str | Path) -> bool:
 
 
 class OnnxBackend:
-    """decoding.Backend over an ONNX Runtime session of the exported one-step graph."""
+    """loop.Backend over an ONNX Runtime session of the exported one-step graph."""
 
     def __init__(self, session, state_layers: int, hidden: int):
         self.session, self.state_layers, self.hidden = session, state_layers, hidden
@@ -130,7 +130,7 @@ class ExportedModel:
         num_samples: int = 1,
         drop_unknown: bool = False,
     ) -> Iterator[list[str]]:
-        return decoding.stream(
+        return loop.stream(
             self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
         )
 
@@ -145,7 +145,7 @@ class ExportedModel:
         num_samples: int = 1,
         drop_unknown: bool = False,
     ) -> list[str]:
-        return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
+        return loop.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
 
 def load(directory: str | Path, threads: int | None = None) -> ExportedModel:

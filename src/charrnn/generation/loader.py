@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from charrnn.config import GENERATION_DEVICE
 from charrnn.errors import CharRNNError
 from charrnn.generation.exported import is_export
 from charrnn.generation.exported import load as load_export
@@ -15,7 +16,7 @@ from charrnn.generation.exported import load as load_export
 def load_any(
     path: str | Path,
     checkpoint: str | None = None,
-    device: str = "cpu",
+    device: str = GENERATION_DEVICE,
     threads: int | None = None,
     precision: str = "auto",
 ):
@@ -23,7 +24,7 @@ def load_any(
     imports torch only then): what `charrnn generate` and `charrnn serve` accept. `threads`: the compute
     threads (ONNX Runtime's intra-op pool, or torch's); None leaves the library's default (the cores)."""
     if is_export(path):
-        if checkpoint or device != "cpu" or precision not in ("auto", "fp32"):
+        if checkpoint or device != GENERATION_DEVICE or precision not in ("auto", "fp32"):
             raise CharRNNError(
                 f"{path} is an export (fp32 ONNX): --checkpoint, --device and --precision apply to run directories only"
             )

@@ -14,29 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import GENERATION_DEVICE, ModelConfig, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.generation import loop as decoding
+from charrnn.generation import loop
 from charrnn.model import scoring as evaluation
 from charrnn.model.network import CharRNN
-from charrnn.model.precision import (
-    bf16_native,
-    int8_native,
-    precision_name,
-    resolve_device,
-    resolve_precision,
-    steps_on_kernels,
-)
+from charrnn.model.precision import generation_dtype, precision_name, resolve_device, resolve_precision
 from charrnn.model.scoring import Protocols
 from charrnn.model.stepper import Stepper
 from charrnn.model.summary import count_parameters
 from charrnn.model.weights import load_run
 from charrnn.storage.run import read_metrics
-
-# With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
-# with bf16 where the hardware has native bf16: below it, PyTorch's bf16 products cost more than fp32's.
-BF16_MIN_BATCH = 8
 
 
 class CharModel:
@@ -80,19 +69,8 @@ class CharModel:
 
     # -- generation ---------------------------------------------------------------------------------
     def dtype_for(self, batch: int) -> torch.dtype:
-        """The matrix-product dtype used to generate a batch of this size."""
-        if self.precision == "auto":
-            # Measured (bench/speed.py, README Speed): with VNNI, int8 is the fastest at every batch size
-            # (batch 1 reads a quarter of fp32's bytes, batch 64 does 4x the multiply-adds per instruction)
-            # and moves the validation loss by 5e-5 nats/char; then bf16 where native, which reads half
-            # of fp32's bytes at batch 1.
-            if int8_native(self.device):
-                return torch.int8
-            if not bf16_native(self.device):
-                return torch.float32
-            fast = steps_on_kernels(self.model, torch.bfloat16) or batch >= BF16_MIN_BATCH
-            return torch.bfloat16 if fast else torch.float32
-        return resolve_precision(self.precision, self.device, generation=True)
+        """The matrix-product dtype used to generate a batch of this size (model.precision decides)."""
+        return generation_dtype(self.precision, self.model, batch)
 
     def backend(self, batch: int) -> TorchBackend:
         return TorchBackend(self.model, self.dtype_for(batch))
@@ -112,7 +90,7 @@ class CharModel:
 
         Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
         then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
-        return decoding.stream(
+        return loop.stream(
             self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
         )
 
@@ -128,7 +106,7 @@ class CharModel:
         drop_unknown: bool = False,
     ) -> list[str]:
         """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
-        return decoding.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
+        return loop.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(
@@ -153,7 +131,7 @@ class CharModel:
 
 
 class TorchBackend:
-    """decoding.Backend over the PyTorch model: primes with forward(), steps with a Stepper."""
+    """loop.Backend over the PyTorch model: primes with forward(), steps with a Stepper."""
 
     def __init__(self, model: CharRNN, dtype: torch.dtype):
         self.model, self.dtype = model, dtype
@@ -186,9 +164,12 @@ class TorchBackend:
         return state.index_select(1, torch.tensor(rows, dtype=torch.int64, device=state.device))
 
 
-def load(run_dir: str | Path, checkpoint: str | None = None, device: str = "cpu", precision: str = "auto") -> CharModel:
+def load(
+    run_dir: str | Path, checkpoint: str | None = None, device: str = GENERATION_DEVICE, precision: str = "auto"
+) -> CharModel:
     """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists).
-    precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (bf16 where this hardware has it natively)."""
+    precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (int8 where AVX512-VNNI runs the step
+    kernels, else bf16 where this hardware has it natively and it pays at the batch size, else fp32)."""
     run_dir = Path(run_dir)
     model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
     return CharModel(model, vocab, train_config, corpus, run_dir, precision)

@@ -50,14 +50,36 @@ def steps_on_kernels(model: CharRNN, dtype: torch.dtype) -> bool:
     return model.config.cell == "gru" and model.dense.weight.device.type == "cpu" and stepkernels.usable(dtype)
 
 
+# With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
+# with bf16 where the hardware has native bf16: below it, PyTorch's bf16 products cost more than fp32's.
+BF16_MIN_BATCH = 8
+
+
+def generation_dtype(name: str, model: CharRNN, batch: int) -> torch.dtype:
+    """The matrix-product dtype that generates a batch of `batch` rows of `model` with precision `name`."""
+    device = model.dense.weight.device
+    if name != "auto":
+        return resolve_precision(name, device, generation=True)
+    # Measured (bench/speed.py): with VNNI, int8 is the fastest at every batch size (batch 1 reads a
+    # quarter of fp32's bytes, batch 64 does 4x the multiply-adds per instruction) and moves the
+    # validation loss by 5e-5 nats/char; then bf16 where native, which reads half of fp32's bytes at batch 1.
+    if int8_native(device):
+        return torch.int8
+    if not bf16_native(device):
+        return torch.float32
+    fast = steps_on_kernels(model, torch.bfloat16) or batch >= BF16_MIN_BATCH
+    return torch.bfloat16 if fast else torch.float32
+
+
 def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
-    """auto -> bf16 where it is the faster here (training: bf16_trains_faster; generation: bf16_native), else
-    fp32. `generation` also allows int8 (the step kernels' quantised products; training has no int8)."""
+    """Training's dtype for `name` (auto: bf16 where it trains faster, else fp32), or with `generation`
+    the check of a generation precision, which also allows int8 (generation_dtype decides auto per batch)."""
     allowed = GENERATION_PRECISIONS if generation else PRECISIONS
     if name not in allowed:
         raise CharRNNError(f"precision must be one of {', '.join(allowed)}; got {name!r}")
     if name == "auto":
-        return torch.bfloat16 if (bf16_native(device) if generation else bf16_trains_faster(device)) else torch.float32
+        native = bf16_native(device) if generation else bf16_trains_faster(device)
+        return torch.bfloat16 if native else torch.float32
     if name == "int8":
         if device.type != "cpu" or not stepkernels.usable(torch.int8):
             raise CharRNNError(
