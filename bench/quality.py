@@ -1,9 +1,9 @@
 """Quality within a wall-clock budget: train a preset on Shakespeare (--val-fraction 0.1) and score its best
 (averaged, where the preset averages) weights at each minute mark under the three evaluation protocols
-(src/charrnn/evaluation.py), beside nanoGPT's figure and the targets of issue 9; then the same preset on a
+(src/charrnn/model/scoring.py), beside nanoGPT's figure and the goals (TARGETS); then the same preset on a
 second corpus at a shorter budget.
 
-    python bench/quality.py --preset shakespeare-30min-v2 --minutes 30 --checkpoints 10,30
+    python bench/quality.py --preset shakespeare-30min-stateful --minutes 30 --checkpoints 10,30
     python bench/quality.py --preset shakespeare-30min --minutes 10 --checkpoints 10 --other-minutes 0
     python bench/quality.py --minutes 5 --checkpoints 5 --flags "--hidden 256" --windows 640   # quick look
 
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 NANOGPT = 1.4697  # nanoGPT shakespeare_char val loss (6-layer GPT, A100, ~3 min): the windows protocol
-TARGETS = {"windows": 1.40, "stateful": 1.37}  # issue 9, within 30 minutes on this CPU
+TARGETS = {"windows": 1.40, "stateful": 1.37}  # nats/char within 30 minutes on a 2-core CPU
 PROTOCOLS = ("chunks", "stateful", "windows")
 
 

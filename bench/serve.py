@@ -14,7 +14,7 @@ Reported per client count: aggregate throughput (generated characters / wall tim
 median over clients of the time to first character (from sending the request to the first generated
 character), and p50/p99 per-character latency: a chunk of k characters arriving t seconds after the
 previous one counts as k characters of t/k each (the server hands a slow reader larger chunks). Then the
-issue's two targets: with 16 clients, throughput >= 8x one client's, and time to first character <= 2x.
+two goals: with 16 clients, throughput >= 8x one client's, and time to first character <= 2x.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Each measurement runs in its own process (so peak RSS is that job's alone) on Sh
 tutorial's shapes: embedding 256, GRU 1024, batch 64 x sequence 100, Adam. Training figures are the
 median step time after warm-up steps; generation figures are the median of repeated runs with the model
 already loaded. The peer needs tensorflow-cpu (`pip install -e .[bench]`, or a separate venv given with
---peer-python: it imports only numpy, tensorflow and charrnn's torch-free corpus module); without it,
+--peer-python: it imports only numpy, tensorflow and charrnn's torch-free text reader); without it,
 it is skipped. Also measured: one model step by precision and batch size (and which precision `auto`
 picks), and the time from starting `charrnn generate` to its first generated character.
 """
@@ -38,7 +38,7 @@ def peak_rss_mb() -> float:
 
 def shakespeare() -> str:
     sys.path.insert(0, str(ROOT / "src"))
-    from charrnn.data.sources import load_text
+    from charrnn.data.reader import load_text
 
     return load_text("shakespeare").text
 
@@ -387,7 +387,7 @@ def main() -> None:
         )
     if gen_ours:
         b1, b64 = gen_ours["b1"]["seconds"], gen_ours["b64"]["chars_per_s"]
-        print("\nTargets (issue 8):")
+        print("\nTargets:")
         if gen_theirs:
             print(f"  batch 1, 1000 chars >= 10x the tutorial's OneStep: {gen_theirs['b1']['seconds'] / b1:.1f}x")
         print(f"  batch 1, 1000 chars <= 0.10 s: {b1:.3f} s")

@@ -1,6 +1,7 @@
 """Scale: streaming preparation (same ids, vocabulary and SHA-256 as loading the text whole), the cache,
 bounded evaluation, --decode-errors, and DDP training on 2 CPU processes."""
 
+import io
 import os
 import time
 
@@ -8,8 +9,9 @@ import numpy as np
 import pytest
 
 import charrnn.data.prepare as prep
+import charrnn.data.reader as reader
 from charrnn.data.batches import eval_batches, eval_sample
-from charrnn.data.sources import load_text
+from charrnn.data.reader import load_text
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from conftest import TINY, run_cli
@@ -33,8 +35,8 @@ def fresh_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("chunk, block", [(1, 1), (3, 2), (7, 2), (64, 4), (4 << 20, 64 << 10)])
 def test_streaming_matches_whole_text(tmp_path, monkeypatch, chunk, block):
-    monkeypatch.setattr(prep, "CHUNK", chunk)  # tiny chunks split multi-byte characters and BOMs
-    monkeypatch.setattr(prep, "BLOCK", block)  # and ASCII runs inside a chunk
+    monkeypatch.setattr(reader, "CHUNK", chunk)  # tiny chunks split multi-byte characters and BOMs
+    monkeypatch.setattr(reader, "BLOCK", block)  # and ASCII runs inside a chunk
     folder = tmp_path / "texts"
     folder.mkdir()
     (folder / "a.txt").write_bytes(b"\xef\xbb\xbf\xef\xbb\xbfhello w\xc3\xb6rld")  # two BOMs, no final newline
@@ -64,7 +66,7 @@ def test_shakespeare_and_large_vocabularies(tmp_path):
 
 def test_ascii_chunks_with_wide_ids(tmp_path, monkeypatch):
     for first, chunk in ((0x4E00, 64), (0x10000, 1 << 16)):
-        monkeypatch.setattr(prep, "CHUNK", chunk)  # some chunks are pure ASCII, ids are uint16 and uint32
+        monkeypatch.setattr(reader, "CHUNK", chunk)  # some chunks are pure ASCII, ids are uint16 and uint32
         wide = "".join(
             chr(first + i) for i in range(300 if first == 0x4E00 else 66_000) if not 0xD800 <= first + i < 0xE000
         )
@@ -215,7 +217,7 @@ def test_progress_lines_with_mb_per_s(tmp_path, monkeypatch):
     import io
 
     monkeypatch.setattr(prep, "PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(prep, "CHUNK", 1000)
+    monkeypatch.setattr(reader, "CHUNK", 1000)
     (tmp_path / "t.txt").write_text("some text\n" * 1000, encoding="utf-8")
     out = io.StringIO()
     prep.prepare(str(tmp_path / "t.txt"), out=out)
@@ -249,3 +251,24 @@ def test_cli_names_unsupported_url_schemes(tmp_path):
     assert done.returncode == 2 and done.stderr.strip() == (
         "charrnn: error: ftp:// URLs are not supported, only http(s)://; download the file and pass its path"
     )
+
+
+def test_scoring_reads_the_text_as_training_does(tmp_path, monkeypatch):
+    """`charrnn eval` scores prepare()'s ids renumbered in the model's vocabulary: the same characters
+    as load_text gives, in any vocabulary, streamed in chunks."""
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("héllo wörld", encoding="utf-8")  # no final newline: a joining one is added
+    (folder / "b.txt").write_bytes(b"\xff\xfe not utf-8")
+    (folder / "c.txt").write_text("zebra\n", encoding="utf-8")
+    monkeypatch.setattr(prep, "CHUNK", 3)
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache"))
+    prepared = prep.prepare(str(folder), decode_errors="skip", out=io.StringIO())
+    text = load_text(str(folder), decode_errors="skip").text
+    assert text == "héllo wörld\nzebra\n" and prepared.vocab.decode(prepared.ids) == text
+    model_vocab = Vocab.from_text("abdehlorwz \n")  # lacks é and ö
+    with pytest.raises(CharRNNError, match="2 character"):
+        prep.in_vocab(prepared, model_vocab)
+    ids = prep.in_vocab(prepared, model_vocab, drop_unknown=True)
+    assert np.array_equal(ids, model_vocab.encode(text, drop_unknown=True))
+    assert prep.in_vocab(prepared, prepared.vocab) is prepared.ids

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from charrnn.data.batches import Batches, eval_batches, split
-from charrnn.data.sources import load_text
+from charrnn.data.reader import load_text
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 

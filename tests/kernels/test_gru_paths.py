@@ -131,8 +131,7 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
 
 
 def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_path):
-    from charrnn.model.precision import BF16_MIN_BATCH
-    from charrnn.model.precision import bf16_native, bf16_trains_faster, int8_native
+    from charrnn.model.precision import BF16_MIN_BATCH, bf16_native, bf16_trains_faster, int8_native
 
     native = bf16_native(torch.device("cpu"))
     model = charrnn.load(tiny_run)

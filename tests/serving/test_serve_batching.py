@@ -1,4 +1,4 @@
-"""Continuous batching (issue 8): concurrent requests step together as one batch, and each still gets
+"""Continuous batching: concurrent requests step together as one batch, and each still gets
 exactly the text it gets alone with the same seed; a request joins at the next step, leaves at the next
 step once its client has gone, and waits in a queue beyond --max-batch."""
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoint (issue 12), driven by the real `openai` client against a real server on
+"""The OpenAI-compatible endpoint, driven by the real `openai` client against a real server on
 127.0.0.1: the same generation as /v1/generate and the Python API, in OpenAI's shapes."""
 
 import json
@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 import charrnn
 from charrnn.serving.app import ServeLimits, create_app
-from charrnn.serving.openai_api import Stops
+from charrnn.serving.openai.stops import Stops
 from helpers import busy, health, live, wait_for
 
 LIMITS = ServeLimits(max_length=400, max_samples=4, max_prompt_chars=50, max_body_bytes=4000)

@@ -1,4 +1,4 @@
-"""The server under hostile or careless clients (issue 10): every error is {"error": str}, types are strict,
+"""The server under hostile or careless clients: every error is {"error": str}, types are strict,
 the OpenAPI schema tells the truth (hypothesis and schemathesis check it), and a client that leaves stops
 its generation, streamed or not."""
 
@@ -56,7 +56,7 @@ def assert_json_error(response, status: int, fragment: str = ""):
     assert list(body) == ["error"] and isinstance(body["error"], str) and fragment in body["error"], body
 
 
-# -- item 4: seeds ------------------------------------------------------------------------------------
+# -- seeds -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "seed, status",
     [
@@ -82,7 +82,7 @@ def test_the_largest_seed_works_and_matches_the_python_api(client, model):
         model.generate("A", length=3, seed=-1)  # the same check as the CLI and the Python API
 
 
-# -- item 13: strict types -----------------------------------------------------------------------------
+# -- strict types ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "body",
     [
@@ -130,7 +130,7 @@ def test_out_of_range_values_get_the_shared_messages(client, body, fragment):
     assert_json_error(post(client, body), 400, fragment)
 
 
-# -- item 12: one error shape --------------------------------------------------------------------------
+# -- one error shape -------------------------------------------------------------------------------------
 def test_unknown_paths_and_methods(client):
     assert_json_error(client.get("/v2/generate"), 404, "the API is POST /v1/generate")
     wrong = client.get("/v1/generate")
@@ -278,7 +278,7 @@ def test_any_body_gets_200_or_a_json_4xx_as_the_schema_says(client, model, reque
         assert samples == model.generate(**options)
 
 
-# -- item 14: a client that leaves stops its generation ---------------------------------------------------
+# -- a client that leaves stops its generation -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(model):
     app = create_app(model, ServeLimits(max_length=3_000_000, max_samples=16))
@@ -294,7 +294,7 @@ def test_non_streaming_generation_stops_when_the_client_leaves(server):
         f"POST /v1/generate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    clients = [socket.create_connection((host, int(port))) for _ in range(4)]  # the issue's four closed at once
+    clients = [socket.create_connection((host, int(port))) for _ in range(4)]  # four closed at once
     for c in clients:
         c.sendall(request)
     assert wait_for(lambda: health(url)["active_generations"] == 4, 30)
@@ -321,7 +321,7 @@ def test_streaming_generation_still_stops_when_the_client_leaves(server):
     assert wait_for(lambda: busy(url) == {"status": "ok", "active_streams": 0, "active_generations": 0}, 5)
 
 
-# -- item 11: ports ---------------------------------------------------------------------------------------
+# -- ports -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("port", [99999, -1, 65536])
 def test_ports_out_of_range_are_one_line_errors(port):
     with pytest.raises(CharRNNError, match=f"--port must be from 0 to 65535 .*; got {port}"):
@@ -346,7 +346,7 @@ def test_a_port_in_use_is_a_one_line_error_naming_it(tiny_run):
         ]
 
 
-# -- contract: schemathesis against the live server's OpenAPI ------------------------------------------------
+# -- contract: schemathesis against the live server's OpenAPI --------------------------------------------
 @pytest.fixture(scope="module")
 def contract_server(model):
     """The real server with small limits, so that generated requests stay quick."""

@@ -142,16 +142,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from charrnn.data.sources import load_text
+    from charrnn.data.prepare import in_vocab, prepare
     from charrnn.generation.torch_model import load
 
     model = load(args.run, checkpoint=args.checkpoint, device=args.device)
-    corpus = load_text(args.text, encoding=args.encoding, data_dir=args.data_dir)
+    # Read as training reads a text, and streamed: a text of any size is scored in bounded memory.
+    corpus = prepare(args.text, encoding=args.encoding, data_dir=args.data_dir)
+    ids = in_vocab(corpus, model.vocab, drop_unknown=args.drop_unknown)
     protocols = PROTOCOLS if args.protocol == "all" else (args.protocol,)
     for protocol in protocols:
-        result = model.evaluate(
-            corpus.text,
-            drop_unknown=args.drop_unknown,
+        result = model.evaluate_ids(
+            ids,
             protocol=protocol,
             windows=args.windows,
             window_len=args.window_len,
@@ -216,8 +217,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from charrnn.data.sources import load_text
-    from charrnn.data.vocab import Vocab
+    from charrnn.data.prepare import prepare
     from charrnn.model.network import CharRNN
     from charrnn.model.summary import summary
     from charrnn.storage.run import load_config
@@ -234,7 +234,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         vocab_size = (
             args.vocab_size
             if args.vocab_size is not None
-            else len(Vocab.from_text(load_text(args.text or "shakespeare", data_dir=args.data_dir).text))
+            else len(prepare(args.text or "shakespeare", data_dir=args.data_dir).vocab)
         )
         config = ModelConfig(vocab_size=vocab_size, **fields)
     print(summary(CharRNN(config)))

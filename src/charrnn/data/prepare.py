@@ -2,9 +2,9 @@
 
 The files are read in chunks and never held whole. Pass 1 decodes them and collects the distinct
 characters (the vocabulary) and the length; pass 2 decodes them again, hashes the text (SHA-256 of its
-UTF-8, the fingerprint a run records and --resume checks) and writes the ids. The result is the same as
-`Vocab.from_text(load_text(...).text)` and `vocab.encode(text)`: files joined with a newline after any
-that does not end with one, BOMs dropped, `skip_chars` removed from the front.
+UTF-8, the fingerprint a run records and --resume checks) and writes the ids. The text is read by
+reader.py, as `load_text` reads it, so the result is `Vocab.from_text(load_text(...).text)` and
+`vocab.encode(text)`.
 
 Speed, with no per-character Python: pure-ASCII runs (64 KB blocks) of ASCII-compatible encodings skip
 the decoder, since their bytes are their code points; the rest goes through an incremental decoder. The
@@ -24,8 +24,8 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +34,15 @@ from typing import TextIO
 import numpy as np
 
 from charrnn.config import DECODE_ERRORS
-from charrnn.data.sources import check_encoding, decode_error, resolve, skipped_message
+from charrnn.data.reader import CHUNK, stream_pieces
+from charrnn.data.sources import check_encoding, resolve, skipped_message
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.storage.files import atomic_path, atomic_write_text, cache_dir
 
 FORMAT_VERSION = 1
-CHUNK = 4 << 20  # bytes read at a time
-BLOCK = 64 << 10  # granularity of the pure-ASCII fast path within a chunk
-# Codecs whose ASCII bytes always mean the ASCII characters, whatever came before (no shift states).
-ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}
+
+
 PROGRESS_MIN_BYTES = 16 << 20  # smaller texts prepare too fast for a progress bar to help
 
 
@@ -60,10 +59,6 @@ class Prepared:
     skipped: tuple[str, ...]  # files left out by decode_errors="skip"
     path: Path  # the cached .npy
     cached: bool  # True when this call found it prepared already
-
-
-class _Undecodable(CharRNNError):
-    """A file that is not valid in the encoding (what --decode-errors skip leaves out; unreadable files are errors)."""
 
 
 class _Meter:
@@ -98,97 +93,6 @@ class _Meter:
             self.out.flush()
 
 
-def _file_pieces(path: Path, label: str, codec: str, errors: str, meter: _Meter) -> Iterator[bytes | str]:
-    """The decoded text of one file in pieces: ASCII as bytes (they are their own code points), the rest
-    as str. A UTF-8 BOM (and a leading U+FEFF of any encoding) is dropped, as corpus.decode does."""
-    decoder = codecs.getincrementaldecoder(codec)("replace" if errors == "replace" else "strict")
-    fast = codec in ASCII_COMPATIBLE
-    at_start, position, head = True, 0, b""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
-        while True:
-            try:
-                data = handle.read(CHUNK if position else max(CHUNK, 4))  # a BOM is never split
-            except OSError as exc:
-                raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-            meter.add(len(data))
-            if position == 0:
-                head = data[:4]
-                if codec == "utf-8" and data.startswith(codecs.BOM_UTF8):
-                    data, position = data[3:], 3
-            for start, end, ascii in _runs(data) if fast else [(0, len(data), False)]:
-                run = data[start:end]
-                pending = decoder.getstate()[0]
-                if ascii and not pending:
-                    piece: bytes | str = run
-                else:
-                    try:
-                        piece = decoder.decode(run, final=not data)
-                    except UnicodeDecodeError as exc:
-                        raise _Undecodable(str(decode_error(exc, label, head, position - len(pending)))) from None
-                    if at_start and piece:
-                        at_start = False
-                        piece = piece[1:] if piece.startswith("\ufeff") else piece
-                    if piece.isascii():  # O(1) in CPython: the common case takes the bytes path
-                        piece = piece.encode("ascii")
-                at_start = at_start and not piece
-                position += len(run)
-                if piece:
-                    yield piece
-            if not data:
-                return
-
-
-def _runs(data: bytes) -> list[tuple[int, int, bool]]:
-    """(start, end, pure ASCII) runs of `data` in BLOCK-sized steps: in real text a few non-ASCII
-    characters would otherwise send a whole chunk through the (slower) decoder and UTF-32."""
-    if not data:
-        return [(0, 0, False)]
-    array = np.frombuffer(data, np.uint8)
-    full = len(array) // BLOCK * BLOCK
-    flags = list(array[:full].reshape(-1, BLOCK).max(axis=1) < 0x80) if full else []
-    if full < len(array):
-        flags.append(array[full:].max() < 0x80)
-    runs = []
-    for index, ascii in enumerate(flags):
-        start = index * BLOCK
-        if runs and runs[-1][2] == ascii:
-            runs[-1] = (runs[-1][0], min(start + BLOCK, len(array)), ascii)
-        else:
-            runs.append((start, min(start + BLOCK, len(array)), bool(ascii)))
-    return runs
-
-
-def _stream(files, labels, codec, errors, skip_chars, joined, meter) -> Iterator[tuple[int, bytes | str | None]]:
-    """(file index, piece) of the joined text after `skip_chars`. With errors="skip", a file that fails
-    yields (index, None) after its pieces so far: the consumer drops them (and the skip count rewinds)."""
-    remaining = skip_chars
-    for index, (path, label) in enumerate(zip(files, labels)):
-        saved, last = remaining, None
-        try:
-            for piece in _file_pieces(path, label, codec, errors, meter):
-                last = piece[-1:]
-                if remaining:
-                    cut = min(remaining, len(piece))
-                    piece, remaining = piece[cut:], remaining - cut
-                if piece:
-                    yield index, piece
-        except _Undecodable:
-            if errors != "skip" or len(files) == 1:
-                raise
-            remaining = saved
-            yield index, None
-            continue
-        if joined and last is not None and last not in (b"\n", "\n"):
-            if remaining:
-                remaining -= 1  # the joining newline is skipped like any character
-            else:
-                yield index, b"\n"
-
-
 def _points(piece: bytes | str) -> np.ndarray:
     if isinstance(piece, bytes):
         return np.frombuffer(piece, np.uint8)
@@ -211,7 +115,7 @@ def _scan(files, labels, codec, errors, skip_chars, joined, out) -> tuple[list[i
         delete = bytes(sorted(ord(c) for c in known | pending if ord(c) < 0x80))
 
     # A file's characters count only once it has decoded to the end (errors="skip" may drop it).
-    for index, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
+    for index, piece in stream_pieces(files, labels, codec, errors, skip_chars, joined, meter):
         if index != current:
             known |= pending
             chars += pending_chars
@@ -251,7 +155,7 @@ def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, voc
     with atomic_path(dest) as tmp, open(tmp, "wb") as handle:
         header = {"descr": np.lib.format.dtype_to_descr(vocab.dtype), "fortran_order": False, "shape": (chars,)}
         np.lib.format.write_array_header_1_0(handle, header)
-        for _, piece in _stream(files, labels, codec, errors, skip_chars, joined, meter):
+        for _, piece in stream_pieces(files, labels, codec, errors, skip_chars, joined, meter):
             if piece is None:
                 raise changed
             if written + len(piece) > chars:
@@ -347,7 +251,7 @@ def prepare(
     out = out if out is not None else sys.stderr
     found = resolve(spec, data_dir)
     files, labels = list(found.files), list(found.labels)
-    joined = len(files) > 1  # as corpus._join: a newline between files only when there are several
+    joined = len(files) > 1  # a newline between files only when there are several
     folder = cache_dir() / "prepared"
     key = _request_key(files, codec, decode_errors, skip_chars)
     entry = folder / f"{key}.json"
@@ -404,3 +308,31 @@ def prepare(
         }
         atomic_write_text(entry, json.dumps(manifest, ensure_ascii=True) + "\n")
         return _load(entry, manifest, found.name, found.source, cached=False)
+
+
+def in_vocab(prepared: Prepared, vocab: Vocab, drop_unknown: bool = False) -> np.ndarray:
+    """`prepared`'s ids renumbered in `vocab` (a model's), for scoring a text with it. The same vocabulary
+    returns the memory-mapped ids as they are; another is mapped CHUNK ids at a time into a temporary
+    memory-mapped file, so a text of any size is scored in bounded memory."""
+    if prepared.vocab.chars == vocab.chars:
+        return prepared.ids
+    index = {c: i for i, c in enumerate(vocab.chars)}
+    missing = [c for c in prepared.vocab.chars if c not in index]
+    if missing and not drop_unknown:
+        shown = ", ".join(repr(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        raise CharRNNError(
+            f"text has {len(missing)} character(s) the model never saw: {shown}; "
+            "remove them or ask to drop unknown characters"
+        )
+    table = np.array([index.get(c, -1) for c in prepared.vocab.chars], np.int64)  # corpus id -> model id
+    with tempfile.TemporaryFile(dir=prepared.path.parent) as handle:
+        count = 0
+        for start in range(0, len(prepared.ids), CHUNK):
+            ids = table[prepared.ids[start : start + CHUNK]]
+            ids = ids[ids >= 0].astype(vocab.dtype)
+            handle.write(ids.tobytes())
+            count += len(ids)
+        handle.flush()
+        if count == 0:
+            return np.zeros(0, vocab.dtype)
+        return np.memmap(handle, dtype=vocab.dtype, mode="r", shape=(count,))  # the mapping outlives the file

@@ -1,7 +1,6 @@
 """Text in: a file, a folder of *.txt, a glob, an http(s) URL, or a built-in corpus name.
 
-`resolve` turns a --text into local files; `load_text` reads them into one Python string (for scoring
-and small texts), while training streams them chunk by chunk (prepare.py). Bytes are decoded strictly (a wrong encoding is an error that
+`resolve` turns a --text into local files, which reader.py reads. Bytes are decoded strictly (a wrong encoding is an error that
 names the file and byte offset, never silently replaced characters), a UTF-8 byte-order mark is dropped,
 and `skip_chars` removes a prefix such as a licence header. For folders and globs, `decode_errors`
 ("skip" or "replace") leaves out the files that do not decode, or replaces their bad bytes with U+FFFD.
@@ -13,7 +12,6 @@ import glob
 import hashlib
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -41,16 +39,6 @@ BUILTINS = {
         chars=1_115_394,
     ),
 }
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """A loaded text and where it came from."""
-
-    text: str
-    name: str  # short name, used for default run directories
-    source: str  # what the user asked for, resolved (paths, URL)
-    sha256: str  # of the decoded text's UTF-8 bytes, so a run records exactly what it saw
 
 
 def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -144,48 +132,6 @@ def skipped_message(skipped: list[str], encoding: str) -> str:
     return f"skipped {len(skipped)} file(s) that are not valid {encoding} (--decode-errors skip): {shown}"
 
 
-def decode(data: bytes, encoding: str, origin: str, errors: str = "fail") -> str:
-    """Decode strictly (or with U+FFFD for errors="replace"); a UTF-8 (or UTF-16/32) byte-order mark is dropped."""
-    check_encoding(encoding)
-    if is_utf8(encoding):
-        encoding = "utf-8-sig"  # identical to utf-8 but drops a leading BOM
-    try:
-        text = data.decode(encoding, "replace" if errors == "replace" else "strict")
-    except UnicodeDecodeError as exc:
-        raise decode_error(exc, origin, data[:2]) from None
-    return text[1:] if text.startswith("\ufeff") else text
-
-
-def _join(parts: list[str]) -> str:
-    # Concatenate files, adding a newline only where one does not end with it, so the last line of
-    # one file never runs into the first line of the next.
-    out = []
-    for part in parts:
-        out.append(part)
-        if part and not part.endswith("\n"):
-            out.append("\n")
-    return "".join(out) if len(parts) > 1 else "".join(parts)
-
-
-def _read_files(paths: list[Path], encoding: str, labels: list[str] | None = None, errors: str = "fail") -> str:
-    texts, skipped = [], []
-    for i, path in enumerate(paths):
-        label = labels[i] if labels else str(path)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            texts.append(decode(data, encoding, label, errors))
-        except CharRNNError:
-            if errors != "skip" or len(paths) == 1:
-                raise
-            skipped.append(label)
-    if skipped:
-        print(f"charrnn: {skipped_message(skipped, encoding)}", file=sys.stderr)
-    return _join(texts)
-
-
 @dataclass(frozen=True)
 class Source:
     """What a --text names, resolved to local files (downloads fetched into the cache)."""
@@ -228,25 +174,3 @@ def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
         return Source(tuple(files), tuple(map(str, files)), spec, files[0].parent.name or "glob")
     builtins = ", ".join(sorted(BUILTINS))
     raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")
-
-
-def load_text(
-    spec: str = "shakespeare",
-    *,
-    encoding: str = "utf-8",
-    skip_chars: int = 0,
-    data_dir: str | os.PathLike | None = None,
-    decode_errors: str = "fail",
-) -> Corpus:
-    """Load a corpus into memory (for scoring and small texts; training streams it, see prepare.py)."""
-    if skip_chars < 0:
-        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
-    found = resolve(spec, data_dir)
-    text = _read_files(list(found.files), encoding, list(found.labels), decode_errors)
-    source = found.source
-    text = text[skip_chars:]
-    if not text:
-        raise CharRNNError(
-            f"{source}: no text left to train on" + (f" after skipping {skip_chars} characters" if skip_chars else "")
-        )
-    return Corpus(text=text, name=found.name, source=source, sha256=_sha256(text.encode("utf-8", "surrogatepass")))

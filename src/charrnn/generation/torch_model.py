@@ -119,9 +119,21 @@ class CharModel:
         windows: int = 12_800,
         window_len: int = 256,
     ) -> dict[str, float]:
-        """Mean cross-entropy of `text` in nats/char and bits/char under `protocol` (evaluation.py):
+        """Mean cross-entropy of `text` in nats/char and bits/char under `protocol` (model/scoring.py):
         chunks (of the run's seq_len, state reset per chunk), stateful or windows."""
         ids = self.vocab.encode(text, drop_unknown=drop_unknown)
+        return self.evaluate_ids(ids, seq_len, batch_size, protocol, windows, window_len)
+
+    def evaluate_ids(
+        self,
+        ids: np.ndarray,
+        seq_len: int | None = None,
+        batch_size: int = 64,
+        protocol: str = "chunks",
+        windows: int = 12_800,
+        window_len: int = 256,
+    ) -> dict[str, float]:
+        """`evaluate` for a text already in this model's ids (e.g. memory-mapped by data.prepare.in_vocab)."""
         if len(ids) < 2:
             raise CharRNNError("the evaluation text needs at least two known characters")
         seq_len = seq_len or (self.train_config.seq_len if self.train_config else 100)

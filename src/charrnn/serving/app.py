@@ -5,132 +5,48 @@
                            data: {"texts": [...]} per chunk (the prompts first), then event: done
                            (or event: error, {"error": ...}, should generation fail midway)
     GET  /v1/model      architecture, vocabulary size, parameters, training metrics, limits
-    POST /v1/completions, GET /v1/models   OpenAI-compatible (serve_openai.py): the same generation
+    POST /v1/completions, GET /v1/models   OpenAI-compatible (the openai package): the same generation
     GET  /health        {"status": "ok", "active_streams", "active_generations", "active_rows",
                          "queued_generations", "max_batch", "precision"}
     GET  /              a single page that streams generations (no build step, nothing from the internet)
     GET  /openapi.json  the schema
 
-Generation is batched continuously (batching.py, docs/serving.md): one worker thread steps the rows of
+Generation is batched continuously (batcher.py, docs/serving.md): one worker thread steps the rows of
 every active request together, one character per step, with at most --max-batch rows; a new request
 joins at the next step (primed on its own), a finished one or one whose client left leaves at the next
 step, and requests beyond --max-batch wait in a FIFO queue. Each request keeps its own state, sampling
 settings and random stream, and the batch steps in one dtype whatever its size, so a request's text is
 what the CLI and the Python API give for the same seed. All compute runs on that worker (with
---threads threads, default the cores); the event loop only moves text. Both this API and the
-OpenAI-compatible one read generations through serve_http.begin and slices. Every error is JSON, {"error": "..."} (see serve_http.py): 400 for bad values (unseen prompt
-characters included), 404 / 405 for a wrong path or method, 413 for a body over the limit, 422 for a
-malformed request, 500 for a bug; the OpenAI-compatible paths use OpenAI's error envelope instead.
+--threads threads, default the cores); the event loop only moves text. Both this API (routes.py) and the
+OpenAI-compatible one read generations through http.begin and slices. Every error is JSON,
+{"error": "..."} (see http.py): 400 for bad values (unseen prompt characters included), 404 / 405 for a
+wrong path or method, 413 for a body over the limit, 422 for a malformed request, 500 for a bug; the
+OpenAI-compatible paths use OpenAI's error envelope instead.
+
+The CLI imports this module to parse its flags (ServeLimits), so FastAPI is imported only in create_app
+and serve.
 """
 
-import json
-from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
-from charrnn.config import MAX_SEED, random_seed
+from charrnn.config import MAX_SEED
 from charrnn.errors import CharRNNError
-from charrnn.generation import loop as decoding
+from charrnn.serving.limits import ServeLimits
+
+__all__ = ["MAX_SEED", "ServeLimits", "bind", "create_app", "serve"]
+
+DEFAULT_LIMITS = ServeLimits()  # frozen, so one instance is every call's default
 
 
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may ask for; each is a `charrnn serve` flag."""
-
-    max_length: int = 5000  # characters generated per sample
-    max_samples: int = 16  # samples per request
-    max_prompt_chars: int = 4000  # characters of prompt
-    max_body_bytes: int = 65536  # size of the request body
-    max_batch: int = 64  # rows (samples of all requests) stepped together; more requests wait in a queue
-
-    def check(self) -> None:
-        """A CharRNNError naming the flag for a limit that cannot work."""
-        for name, value in vars(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1; got {value}")
-        if self.max_batch < self.max_samples:  # a request's rows always step together
-            raise CharRNNError(f"--max-batch ({self.max_batch}) must be at least --max-samples ({self.max_samples})")
-
-
-# One Server-Sent Event of a streamed generation (OpenAPI 3.1: the event-stream `schema` is per event).
-SSE_EVENT = {
-    "type": "object",
-    "required": ["data"],
-    "properties": {
-        "event": {
-            "enum": ["message", "done", "error"],
-            "description": "message: a chunk; done or error: the last event",
-        },
-        "data": {
-            "type": "string",
-            "contentMediaType": "application/json",
-            "description": 'a chunk: {"texts": [one string per sample]} (the first holds the prompts); '
-            'done: {"seed": S}; error: {"error": "internal error: ..."}',
-        },
-    },
-}
-
-
-def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn", model_id: str = "charrnn"):
+def create_app(model, limits: ServeLimits = DEFAULT_LIMITS, title: str = "charrnn", model_id: str = "charrnn"):
     """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel); `model_id`
     is its name in the OpenAI-compatible API."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse
-    from pydantic import BaseModel, ConfigDict, Field
+    from fastapi import FastAPI
 
-    from charrnn.serving import openai_api as serve_openai
+    from charrnn.serving import routes
     from charrnn.serving.batcher import Batcher
-    from charrnn.serving.http import (
-        BodyLimit,
-        Integer,
-        begin,
-        bounds,
-        check_limits,
-        documented,
-        event_stream,
-        install_error_handlers,
-        slices,
-    )
-
-    class GenerateRequest(BaseModel):
-        # Strict: JSON true is not the number 1, 0 is not false, 1.5 is not an integer. The ranges are
-        # in the schema for clients, and checked by the same code as the CLI's (decoding.check_request
-        # and the limits below), whose 400s say what is allowed; test_serve_reliability checks that
-        # the schema and those checks agree.
-        model_config = ConfigDict(extra="forbid", strict=True)
-        prompt: str = Field(
-            "", description="text to start from; empty starts a fresh line", **bounds(maxLength=limits.max_prompt_chars)
-        )
-        length: Integer = Field(
-            min(200, limits.max_length),  # a default that fits --max-length
-            description="characters to generate after the prompt",
-            **bounds(minimum=0, maximum=limits.max_length),
-        )
-        temperature: float = Field(1.0, description="0 = greedy", **bounds(minimum=0))
-        top_k: Integer = Field(0, description="0 = off", **bounds(minimum=0))
-        top_p: float = Field(1.0, description="1 = off", **bounds(exclusiveMinimum=0, maximum=1))
-        seed: Integer | None = Field(
-            None, description="same seed, same text; omitted = random (returned)", **bounds(minimum=0, maximum=MAX_SEED)
-        )
-        num_samples: Integer = Field(
-            1, description="samples generated together", **bounds(minimum=1, maximum=limits.max_samples)
-        )
-        stream: bool = Field(False, description="Server-Sent Events as characters are produced")
-        drop_unknown: bool = Field(False, description="drop prompt characters the model never saw")
-
-    class Generated(BaseModel):
-        samples: list[str]
-        seed: int
-
-    class Health(BaseModel):
-        status: str
-        active_streams: int = Field(description="streaming responses in progress")
-        active_generations: int = Field(description="requests generating in the batch, streamed or not")
-        active_rows: int = Field(description="rows (samples) stepped together at present")
-        queued_generations: int = Field(description="requests waiting for rows (the batch is full)")
-        max_batch: int = Field(description="the most rows stepped together (--max-batch)")
-        precision: str | None = Field(description="the dtype every batch steps in (fp32 or bf16), whatever its size")
+    from charrnn.serving.http import BodyLimit, documented, install_error_handlers
+    from charrnn.serving.openai import routes as openai_routes
 
     app = FastAPI(
         title=title,
@@ -144,84 +60,12 @@ def create_app(model, limits: ServeLimits = ServeLimits(), title: str = "charrnn
     batcher = Batcher(model, limits.max_batch)
     app.state.active_streams = 0
     app.state.batcher = batcher
-    page_html = resources.files("charrnn.serving").joinpath("page.html").read_text(encoding="utf-8")
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
     install_error_handlers(app)
-
-    def check(request: GenerateRequest) -> dict[str, Any]:
-        check_limits(limits, request.length, request.num_samples, [request.prompt], ("length", "num_samples", "prompt"))
-        options = request.model_dump(exclude={"stream"})
-        options["seed"] = request.seed if request.seed is not None else random_seed()
-        return options
-
-    default_openapi = app.openapi
-
-    def openapi() -> dict:
-        # FastAPI's OpenAPI models hold bounds as floats, and 2**64 - 1 is not one (it rounds up to 2**64).
-        schema = app.openapi_schema or default_openapi()
-        schema["components"]["schemas"]["GenerateRequest"]["properties"]["seed"]["maximum"] = MAX_SEED
-        return schema
-
-    app.openapi = openapi
-
-    @app.get("/health", response_model=Health)
-    async def health():
-        return {
-            "status": "ok",
-            "active_streams": app.state.active_streams,
-            **batcher.stats(),
-            "max_batch": limits.max_batch,
-            "precision": batcher.precision,
-        }
-
-    @app.get("/v1/model", response_model=dict[str, Any])
-    async def describe():
-        return {
-            **model.describe(),
-            "limits": asdict(limits),
-            "precision": batcher.precision,
-            "vocabulary": "".join(model.vocab.chars),
-        }
-
-    @app.post(
-        "/v1/generate",
-        responses={
-            200: {
-                "model": Generated,
-                "description": 'the samples, each the prompt and its continuation; with "stream": true, '
-                'Server-Sent Events: data: {"texts": [...]} per chunk (the prompts first), then event: done, data: {"seed": S}',
-                "content": {"text/event-stream": {"schema": SSE_EVENT}},
-            },
-            **documented(400, 413, 422, 500),
-        },
-    )
-    async def generate(body: GenerateRequest, request: Request):
-        options = check(body)
-        first, generation = await begin(batcher, options, request)
-        if not body.stream:
-            collected = [first]
-            async for chunk in slices(generation, request):
-                collected.append(chunk)
-            # Had the client left, nobody reads this answer (and the generation stopped early).
-            return {"samples": decoding.join(iter(collected)), "seed": options["seed"]}
-
-        async def events():
-            yield f"data: {json.dumps({'texts': first})}\n\n"
-            async for chunk in slices(generation, request):
-                yield f"data: {json.dumps({'texts': chunk}, ensure_ascii=False)}\n\n"
-            yield f"event: done\ndata: {json.dumps({'seed': options['seed']})}\n\n"
-
-        def failed(exc: Exception) -> str:
-            return f"event: error\ndata: {json.dumps({'error': f'internal error: {type(exc).__name__}: {exc}'})}\n\n"
-
-        return event_stream(request, events(), failed)
-
-    serve_openai.install(app, batcher, limits, model_id)
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page():
-        return page_html
-
+    routes.patch_openapi(app)
+    app.include_router(routes.router(model, batcher, limits))
+    openai_routes.install(app, batcher, limits, model_id)
+    app.include_router(routes.page_router())
     return app
 
 
@@ -230,7 +74,7 @@ def serve(
     load,
     host: str = "127.0.0.1",
     port: int = 8000,
-    limits: ServeLimits = ServeLimits(),
+    limits: ServeLimits = DEFAULT_LIMITS,
     model_name: str | None = None,
     threads: int | None = None,
     precision: str = "auto",

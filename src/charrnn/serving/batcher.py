@@ -14,7 +14,7 @@ loop only moves text. Text reaches a request through its `Generation`: the worke
 under a lock and wakes the request's loop with `call_soon_threadsafe`, at most one wake-up in flight per
 request, so a reader that falls behind gets its characters in larger chunks instead of flooding the loop.
 
-No FastAPI here: the server's faces (serve.py, serve_openai.py) use this, and it uses the generation layer.
+No FastAPI here: the server's faces (routes.py, openai/) use this, and it uses the generation layer.
 """
 
 from __future__ import annotations

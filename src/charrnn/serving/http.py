@@ -1,5 +1,5 @@
 """HTTP plumbing for `charrnn serve`, shared by its own API and the OpenAI-compatible one: errors, the
-body limit, request limits, and reading a generation from the batch (batching.py).
+body limit, request limits, and reading a generation from the batch (batcher.py).
 
 Every error the server answers is JSON: `{"error": "..."}`, except under the OpenAI-compatible paths
 (/v1/completions, /v1/models), whose clients expect OpenAI's envelope `{"error": {"message", "type",
@@ -16,27 +16,17 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from charrnn.errors import CharRNNError
 
 EXAMPLE = '{"prompt": "ROMEO:", "length": 100}'
 OPENAI_EXAMPLE = '{"model": "MODEL", "prompt": "ROMEO:", "max_tokens": 100}'
-
-# JSON, and JSON Schema, count 5.0 as the integer 5 (schemathesis sends it as one); true and "5" stay errors.
-Integer = Annotated[int, BeforeValidator(lambda v: int(v) if isinstance(v, float) and v.is_integer() else v)]
-
-
-def bounds(**keywords) -> dict:
-    """Field() keywords that put JSON Schema bounds in the schema for clients; the shared checks enforce
-    them, with 400s that say what is allowed."""
-    return {"json_schema_extra": keywords}
 
 
 class ErrorBody(BaseModel):
@@ -217,7 +207,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 # -- generation, shared by /v1/generate and /v1/completions ------------------------------------------------
 def check_limits(limits, length: int, samples: int, prompts: list[str], names: tuple[str, str, str]) -> None:
-    """The server's limits (a serve.ServeLimits). `names`: the request's fields for the length, the number
+    """The server's limits (a limits.ServeLimits). `names`: the request's fields for the length, the number
     of samples and the prompt, so that the message names what the client sent, and the flag that sets it."""
     longest = max((len(p) for p in prompts), default=0)
     for name, value, limit, flag in (
@@ -231,7 +221,7 @@ def check_limits(limits, length: int, samples: int, prompts: list[str], names: t
 
 
 async def begin(batcher, options: dict, request: Request):
-    """Start a generation in the batch (batching.Batcher): (the prompts as shown, its Generation). Bad
+    """Start a generation in the batch (batcher.Batcher): (the prompts as shown, its Generation). Bad
     values fail here, before a 200 is sent; while the batch is full this waits in its queue."""
     generation = batcher.submit(options, asyncio.get_running_loop())
     try:
