@@ -21,7 +21,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 GENERATION_PRECISIONS = (*PRECISIONS, "int8")  # int8: generation only (quantised step kernels)
 DECODE_ERRORS = ("fail", "skip", "replace")
 TENSORBOARD = ("auto", "on", "off")
-PROTOCOLS = ("chunks", "stateful", "windows")  # evaluation protocols: see evaluation.py
+PROTOCOLS = ("chunks", "stateful", "windows")  # evaluation protocols: see model/scoring.py
 # Every seed, training's and generation's, is an integer in [0, MAX_SEED]: numpy's generators take any
 # non-negative integer and torch's take up to 2**64 - 1.
 MAX_SEED = 2**64 - 1

@@ -84,3 +84,16 @@ def test_no_issue_numbers_in_docs_code_or_benchmarks():
         for match in pattern.finditer(text)
     ]
     assert not found, f"issue numbers belong in the tracker, not in the text: {found}"
+
+
+def test_every_public_name_in_the_readme_imports():
+    import charrnn
+
+    text = README.read_text(encoding="utf-8")
+    names = sorted(set(re.findall(r"\bcharrnn\.([A-Za-z_]\w*)", text)) | set(charrnn.__all__))
+    assert {"load", "Trainer", "TrainConfig", "runtime"} <= set(names)
+    for name in names:
+        assert getattr(charrnn, name) is not None, name
+    from charrnn import runtime
+
+    assert callable(runtime.load)

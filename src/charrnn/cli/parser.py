@@ -41,7 +41,7 @@ def _add_train(sub) -> None:
     p.add_argument("--run", type=Path, help="run directory to create (default runs/<text name>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted or finished run")
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), help="a named recipe (see README); --config and flags override it"
+        "--preset", choices=sorted(PRESETS), help="a named recipe (docs/guide.md); --config and flags override it"
     )
     p.add_argument("--config", help='JSON file {"model": {...}, "train": {...}}; flags override it')
     p.add_argument("--data-dir", help="folder searched first for built-in corpora (default $CHARRNN_DATA_DIR)")

@@ -91,7 +91,7 @@ def eval_batches(ids: np.ndarray, seq_len: int, batch_size: int) -> Iterator[tup
 def eval_sample(ids: np.ndarray, max_chars: int, seq_len: int) -> np.ndarray:
     """At most `max_chars` of `ids` to validate on, the same every epoch (0 = all of them).
 
-    A split within the bound is returned as it is (so small runs score exactly as before). A larger one
+    A split within the bound is returned as it is (so a small run scores its whole split). A larger one
     gives evenly spaced windows of seq_len + 1 characters across the whole split, copied into one array:
     eval_batches cuts it back into exactly those windows, so every scored chunk is real contiguous text.
     """

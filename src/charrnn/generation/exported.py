@@ -4,7 +4,7 @@
     model = runtime.load("runs/shakespeare/onnx")
     print(model.generate("ROMEO:", length=200, seed=1)[0])
 
-Same interface and sampling as `charrnn.load(RUN)` (both use charrnn.decoding), so the same seed gives
+Same interface and sampling as `charrnn.load(RUN)` (both run generation/loop.py), so the same seed gives
 the same text from either.
 """
 

@@ -30,7 +30,7 @@ class Backend(Protocol):
     def step(self, ids: np.ndarray, state: Any) -> tuple[np.ndarray, Any]:
         """Feed one id per row (batch,); return logits (batch, vocab) and the new state."""
 
-    # For the server's continuous batching (batching.py): requests join and leave a running batch.
+    # For the server's continuous batching (serving/batcher.py): requests join and leave a running batch.
     def join(self, states: list[Any]) -> Any:
         """The states' rows one after another, as one batch's state (a new one: the inputs may be reused)."""
 

@@ -33,7 +33,7 @@ def bf16_native(device: torch.device) -> bool:
 
 def bf16_trains_faster(device: torch.device) -> bool:
     """Whether training's bf16 products beat fp32 here: bf16 tensor cores, or AMX tiles on CPU. Measured
-    (bench/speed.py, README Speed): the tutorial's step took 268 ms in bf16 against 761 ms in fp32 on a
+    (bench/speed.py, docs/benchmarks.md): the tutorial's step took 268 ms in bf16 against 761 ms in fp32 on a
     Xeon with AMX, but 930 ms against 700 ms on one whose AMX faults (AVX512-BF16 products only)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

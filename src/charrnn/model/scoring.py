@@ -1,7 +1,7 @@
 """Validation loss under three protocols, so that a number always says how it was measured.
 
     chunks    the text cut into seq_len + 1 character chunks, the state reset for each (the tutorial's
-              way, and this project's figures before stateful training): the first characters of every
+              way): the first characters of every
               chunk are guessed with no context, so this is the most pessimistic of the three.
     stateful  the whole text streamed once with the state carried, as generation sees text. For speed
               the text is scored as `streams` parallel pieces; each piece after the first is primed on

@@ -89,7 +89,7 @@ def load_trainer_state(
 ) -> dict[str, Any]:
     """The resumable state, checked: plain fields by schema, weights against `model` (when given) and
     their SHA-256, Adam's moments against the weights' shapes. `optimizer_order`: the parameter names in
-    the optimizer's order (regularize.parameter_order; default the model's own order)."""
+    the optimizer's order (training/optimizer.parameter_order; default the model's own order)."""
     path = Path(path)
     fix = (
         f"delete {path.name} to restart this run from step 0 (charrnn train --resume {path.parent}), "

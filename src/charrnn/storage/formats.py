@@ -3,7 +3,7 @@ to do, never a KeyError or a silently wrong answer.
 
 The JSON files (config.json, vocab.json, export.json) are pydantic models in strict mode: a boolean is
 not a number, a missing or unknown key is an error. Tensors (weights, trainer state) are checked in
-checkpoint.py against the model they must fit. Weight files carry a SHA-256 of their contents so that
+model/weights.py against the model they must fit. Weight files carry a SHA-256 of their contents so that
 flipped bytes are caught on load. No torch here: the ONNX runtime reads export.json with it.
 """
 
@@ -87,7 +87,7 @@ class ExportFile(_Open):
 
 
 class TrainerStateInfo(BaseModel):
-    """trainer_state.pt's plain fields; its tensors are checked against the model in checkpoint.py."""
+    """trainer_state.pt's plain fields; its tensors are checked against the model in model/weights.py."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, arbitrary_types_allowed=True)
     kind: ClassVar[str] = "trainer state"

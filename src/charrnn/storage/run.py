@@ -11,7 +11,7 @@
 
 Every file is written atomically, and trainer_state.pt carries its own copy of the weights, so a crash
 at any moment leaves a consistent checkpoint to resume from. Every file is checked when read
-(formats.py): weight files and the trainer state carry a SHA-256 of their tensors, so flipped bytes
+(storage/formats.py): weight files and the trainer state carry a SHA-256 of their tensors, so flipped bytes
 are an error that names the file, never a silently different model.
 """
 

@@ -11,14 +11,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial exactly: embedding 256, GRU 1024, batch 64 x 100, Adam 1e-3, no validation split.
     "tutorial": {"model": {}, "train": {"val_fraction": 0.0, "epochs": 20}},
     # The best validation loss on Shakespeare we measured within 30 minutes on a 2-core CPU
-    # (bench/quality.py, README "Learning speed"): 1.476 nats/char, reached after ~10 minutes. Two
+    # (bench/quality.py, docs/benchmarks.md): 1.476 nats/char, reached after ~10 minutes. Two
     # smaller GRU layers with dropout generalise better than the tutorial's one large layer (1.501);
     # patience stops the run once validation has stopped improving (best.safetensors keeps the best).
     "shakespeare-30min": {
         "model": {"num_layers": 2, "hidden_size": 512, "embedding_size": 128, "dropout": 0.25},
         "train": {"lr": 2e-3, "lr_schedule": "cosine", "epochs": 40, "max_minutes": 30.0, "clip": 1.0, "patience": 5},
     },
-    # Issue 9 (docs/quality.md): the same network with AWD-LSTM's regularisation -- weight drop on the
+    # docs/quality.md: the same network with AWD-LSTM's regularisation -- weight drop on the
     # recurrent weights, embedding dropout, AdamW weight decay on the matrices, an EMA of the weights for
     # validation and the saved weights -- and truncated BPTT over 64 contiguous streams, judged by the
     # stateful protocol (how generation reads text). Measured (bench/quality.py, 30 minutes on a 2-core
