@@ -1,4 +1,4 @@
-"""Stateful training, regularisation, weight averaging and the three evaluation protocols (issue 9)."""
+"""Stateful training, regularisation, weight averaging and the three evaluation protocols."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TensorBoard event files (issue 12): read back with tensorboard's own reader, they hold exactly what
+"""TensorBoard event files: read back with tensorboard's own reader, they hold exactly what
 metrics.jsonl holds, also after a crash and a resume (no step twice)."""
 
 import json
@@ -11,7 +11,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from charrnn import Callback, CharRNNError, TrainConfig, Trainer
-from charrnn.training.tensorboard import TAGS
+from charrnn.training.log import TAGS
 from conftest import TINY
 
 QUIET = dict(out=open(os.devnull, "w"))
@@ -99,9 +99,9 @@ def test_off_writes_no_event_file_and_on_without_the_package_says_how(small_text
     assert not list((tmp_path / "off").glob("events.*"))
     with pytest.raises(CharRNNError, match="tensorboard must be one of auto, on, off"):
         config(small_text, tensorboard="yes")
-    import charrnn.training.tensorboard
+    import charrnn.training.log
 
-    monkeypatch.setattr(charrnn.training.tensorboard, "installed", lambda: False)
+    monkeypatch.setattr(charrnn.training.log, "installed", lambda: False)
     with pytest.raises(CharRNNError, match=r"pip install 'charrnn\[tensorboard\]', or train with --tensorboard off"):
         Trainer.create(tmp_path / "on", config(small_text, tensorboard="on"), TINY, **QUIET)
     assert not (tmp_path / "on").exists()  # nothing written

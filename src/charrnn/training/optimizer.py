@@ -4,12 +4,16 @@ Weight decay goes on the weight matrices only (embedding excluded): decaying bia
 towards 0.5 for no generalisation benefit, and decaying the embedding shrinks the rows of rare
 characters, which get few gradient updates to push back (AWD-LSTM and nanoGPT both exempt biases;
 nanoGPT also exempts its embeddings' norms/biases, we exempt the whole embedding). With weight_decay 0
-the optimizer is plain Adam with one parameter group, exactly as before, so old runs resume bit for bit.
+the optimizer is plain Adam with one parameter group: the tutorial's, and the state layout that every run
+without weight decay has saved.
+
+The learning rate follows `learning_rate`: constant, or a cosine from lr down to lr / 10.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -43,6 +47,15 @@ def optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         ],
         lr=config.lr,
     )
+
+
+def learning_rate(config: TrainConfig, step: int, planned_steps: int) -> float:
+    """The learning rate for the step after `step` of `planned_steps` under config.lr_schedule."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = min(1.0, step / max(1, planned_steps))
+    low = config.lr / 10
+    return low + 0.5 * (config.lr - low) * (1 + math.cos(math.pi * progress))
 
 
 class WeightAverage:

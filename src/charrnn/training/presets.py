@@ -22,7 +22,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # recurrent weights, embedding dropout, AdamW weight decay on the matrices, an EMA of the weights for
     # validation and the saved weights -- and truncated BPTT over 64 contiguous streams, judged by the
     # stateful protocol (how generation reads text). Measured (bench/quality.py, 30 minutes on a 2-core
-    # Xeon without AMX, 2026-11-22): stateful 1.4750, windows 1.4887, chunks 1.5196 nats/char, still
+    # Xeon without AMX): stateful 1.4750, windows 1.4887, chunks 1.5196 nats/char, still
     # improving and under-fitted (train 1.53 > validation): in 30 minutes of this CPU (12 epochs) the
     # regularisation costs more than it saves. Epochs are planned for the cosine schedule to end with
     # the 30 minutes there (~2 min per epoch); on a faster machine the run ends early at epoch 14.

@@ -1,0 +1,94 @@
+"""Why fit() stops before its last epoch, and what it says then: Ctrl-C and SIGTERM (finish the step, save a
+checkpoint, say how to resume), request_stop(), --max-steps, --max-minutes and --patience."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from charrnn.training import distributed
+
+if TYPE_CHECKING:
+    from charrnn.training.trainer import Trainer
+
+
+class StopRequest:
+    """Whether fit() should stop after the current step, and the signal that asked for it, if one did.
+
+    Ctrl-C and SIGTERM (kill, systemd, a job scheduler) both ask; a second one stops at once: Ctrl-C as
+    KeyboardInterrupt, SIGTERM by its default action (exit 143)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum: int | None = None
+
+    def request(self) -> None:
+        self.requested = True
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """Route SIGINT and SIGTERM here for the duration, then give them back to their previous handlers.
+        Python lets only the main thread set handlers; elsewhere only `request()` stops."""
+        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        # Only flags here: writing from a handler can land inside the progress bar's own write (a reentrant
+        # write RuntimeError); the loop says it once it sees the flag.
+        self.requested, self.signum = True, signum
+
+    def notice(self) -> str | None:
+        """What to say when a signal stopped the loop (None when `request()` did)."""
+        if self.signum is None:
+            return None
+        name = "Ctrl-C" if self.signum == signal.SIGINT else signal.Signals(self.signum).name
+        return (
+            f"\n{name}: stopping after this step and saving a checkpoint ({name} again stops at once, without saving)"
+        )
+
+
+def after_step(trainer: Trainer, tick: Callable[[], float]) -> str:
+    """After a step: "finished" to go on, else the rule that stops the run there; `tick` brings the trainer's
+    elapsed seconds up to now and returns them. Every rank takes the same decision at the same step: each
+    check that may differ between ranks is shared, in the same order on every rank."""
+    cfg = trainer.config
+    if distributed.any_rank(trainer.stop.requested):
+        return "interrupted"
+    if cfg.max_steps and trainer.global_step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_minutes and distributed.any_rank(tick() >= 60 * cfg.max_minutes):
+        return "max_minutes"
+    return "finished"
+
+
+def stopped_line(status: str, trainer: Trainer) -> str:
+    """What fit() says last when `status` (a FitResult's, other than "finished") ended the run."""
+    cfg = trainer.config
+    if status == "interrupted":
+        return (
+            f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}/{len(trainer.batches)}; "
+            f"checkpoint saved. Resume with: charrnn train --resume {trainer.run_dir}"
+        )
+    if status == "max_steps":
+        return f"stopped at --max-steps {cfg.max_steps}"
+    if status == "max_minutes":
+        return f"stopped after --max-minutes {cfg.max_minutes:g} ({trainer.elapsed / 60:.1f} min)"
+    return (
+        f"validation loss has not improved for {trainer.bad_epochs} epoch(s): "
+        f"stopping early (--patience {cfg.patience})"
+    )
