@@ -12,7 +12,7 @@ fi
   || .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[dev]"
 # Build the fused CPU kernels now (about a second with gcc) rather than on first use.
-.venv/bin/python -c "from charrnn import kernels; kernels.available()"
+.venv/bin/python -c "from charrnn.kernels import build; build.available()"
 # Built-in corpora are looked up in ../shared/data first when it exists (no download needed).
 if [ -d ../shared/data ] && ! grep -q CHARRNN_DATA_DIR .venv/bin/activate; then
   echo "export CHARRNN_DATA_DIR=\"$(cd ../shared/data && pwd)\"" >> .venv/bin/activate
