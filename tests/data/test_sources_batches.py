@@ -132,3 +132,11 @@ def test_split_and_eval_cover_text():
 def test_too_short_text_is_a_clear_error():
     with pytest.raises(CharRNNError, match="too short for one batch"):
         Batches(np.zeros(100, np.uint8), batch_size=64, seq_len=100)
+
+
+def test_reading_checks_its_request_as_preparing_does(tmp_path):
+    (tmp_path / "t.txt").write_text("abc\n", encoding="utf-8")
+    with pytest.raises(CharRNNError, match="--decode-errors must be one of fail, skip, replace"):
+        load_text(str(tmp_path / "t.txt"), decode_errors="ignore")
+    with pytest.raises(CharRNNError, match="no text left to train on after skipping 9 characters"):
+        load_text(str(tmp_path / "t.txt"), skip_chars=9)

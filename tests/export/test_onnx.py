@@ -91,7 +91,7 @@ def test_export_cli_and_errors(runs, tmp_path):
     again = run_cli("export", run, "--out", tmp_path / "e")  # re-exporting over an export is fine
     assert again.returncode == 0
 
-    from test_cli import assert_one_line_error
+    from helpers import assert_one_line_error
 
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "keep.txt").write_text("mine")

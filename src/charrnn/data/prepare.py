@@ -19,7 +19,6 @@ reading the text. A file lock lets concurrent runs (and DDP ranks) wait for one 
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -33,9 +32,8 @@ from typing import TextIO
 
 import numpy as np
 
-from charrnn.config import DECODE_ERRORS
-from charrnn.data.reader import CHUNK, stream_pieces
-from charrnn.data.sources import check_encoding, resolve, skipped_message
+from charrnn.data.reader import CHUNK, no_text, open_text, stream_pieces
+from charrnn.data.sources import skipped_message
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.storage.files import atomic_path, atomic_write_text, cache_dir
@@ -242,14 +240,8 @@ def prepare(
     out: TextIO | None = None,
 ) -> Prepared:
     """The ids, vocabulary and fingerprint of a text, from the cache or prepared now (two streaming passes)."""
-    if skip_chars < 0:
-        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
-    if decode_errors not in DECODE_ERRORS:
-        raise CharRNNError(f"--decode-errors must be one of {', '.join(DECODE_ERRORS)}; got {decode_errors!r}")
-    check_encoding(encoding)
-    codec = codecs.lookup(encoding).name
+    codec, found = open_text(spec, encoding, skip_chars, data_dir, decode_errors)
     out = out if out is not None else sys.stderr
-    found = resolve(spec, data_dir)
     files, labels = list(found.files), list(found.labels)
     joined = len(files) > 1  # a newline between files only when there are several
     folder = cache_dir() / "prepared"
@@ -271,10 +263,7 @@ def prepare(
         started = time.perf_counter()
         points, chars, failed = _scan(files, labels, codec, decode_errors, skip_chars, joined, out)
         if chars == 0:
-            raise CharRNNError(
-                f"{found.source}: no text left to train on"
-                + (f" after skipping {skip_chars} characters" if skip_chars else "")
-            )
+            raise no_text(found.source, skip_chars)
         skipped = [labels[i] for i in sorted(failed)]
         if skipped:
             out.write(f"charrnn: {skipped_message(skipped, encoding)}\n")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.data.sources import check_encoding, decode_error, resolve, skipped_message
+from charrnn.config import DECODE_ERRORS
+from charrnn.data.sources import Source, check_encoding, decode_error, resolve, skipped_message
 from charrnn.errors import CharRNNError
 
 CHUNK = 4 << 20  # bytes read at a time
@@ -131,6 +132,23 @@ def stream_pieces(
                 yield index, b"\n"
 
 
+def open_text(spec: str, encoding: str, skip_chars: int, data_dir, decode_errors: str) -> tuple[str, Source]:
+    """Check a request to read a text and resolve it: (the codec's name, the files)."""
+    if skip_chars < 0:
+        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
+    if decode_errors not in DECODE_ERRORS:
+        raise CharRNNError(f"--decode-errors must be one of {', '.join(DECODE_ERRORS)}; got {decode_errors!r}")
+    check_encoding(encoding)
+    return codecs.lookup(encoding).name, resolve(spec, data_dir)
+
+
+def no_text(source: str, skip_chars: int) -> CharRNNError:
+    """The error for a text that is empty once read (and `skip_chars` removed)."""
+    return CharRNNError(
+        f"{source}: no text left to train on" + (f" after skipping {skip_chars} characters" if skip_chars else "")
+    )
+
+
 @dataclass(frozen=True)
 class Corpus:
     """A whole text in memory, with its fingerprint."""
@@ -151,11 +169,7 @@ def load_text(
 ) -> Corpus:
     """A text read whole into memory (for small texts and tests; training and scoring stream it through
     prepare.py), read exactly as preparation reads it."""
-    if skip_chars < 0:
-        raise CharRNNError(f"--skip-chars must be >= 0; got {skip_chars}")
-    check_encoding(encoding)
-    codec = codecs.lookup(encoding).name
-    found = resolve(spec, data_dir)
+    codec, found = open_text(spec, encoding, skip_chars, data_dir, decode_errors)
     files, labels = list(found.files), list(found.labels)
     parts: dict[int, list[str]] = {}
     failed = []

@@ -10,7 +10,6 @@ the same text from either.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ class OnnxBackend:
         return np.ascontiguousarray(state[:, rows])
 
 
-class ExportedModel:
+class ExportedModel(loop.Generator):
     """An exported model: generate / stream / describe, like charrnn.CharModel."""
 
     def __init__(self, directory: str | Path, threads: int | None = None):
@@ -118,34 +117,6 @@ class ExportedModel:
 
     def backend(self, batch: int) -> OnnxBackend:
         return OnnxBackend(self.session, self.state_layers, self.hidden)
-
-    def stream(
-        self,
-        prompt: str | Sequence[str] = "",
-        length: int = 1000,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        num_samples: int = 1,
-        drop_unknown: bool = False,
-    ) -> Iterator[list[str]]:
-        return loop.stream(
-            self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
-        )
-
-    def generate(
-        self,
-        prompt: str | Sequence[str] = "",
-        length: int = 1000,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        num_samples: int = 1,
-        drop_unknown: bool = False,
-    ) -> list[str]:
-        return loop.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
 
 def load(directory: str | Path, threads: int | None = None) -> ExportedModel:

@@ -108,3 +108,46 @@ def stream(
 def join(pieces: Iterator[list[str]]) -> list[str]:
     """Every sample of a stream in full: the prompt followed by its generated characters."""
     return ["".join(column) for column in zip(*pieces)]
+
+
+class Generator:
+    """`stream` and `generate` over `self.backend(batch)` and `self.vocab`: the interface CharModel (PyTorch)
+    and ExportedModel (ONNX Runtime) share, so both run exactly this loop."""
+
+    vocab: Vocab
+
+    def backend(self, batch: int) -> Backend:
+        raise NotImplementedError
+
+    def stream(
+        self,
+        prompt: str | Sequence[str] = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        drop_unknown: bool = False,
+    ) -> Iterator[list[str]]:
+        """Yield the text as it is produced: first the prompts, then one character per sample per step.
+
+        Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
+        then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
+        return stream(
+            self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
+        )
+
+    def generate(
+        self,
+        prompt: str | Sequence[str] = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        num_samples: int = 1,
+        drop_unknown: bool = False,
+    ) -> list[str]:
+        """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
+        return join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))

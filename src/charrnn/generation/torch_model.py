@@ -7,7 +7,6 @@ samples all rows of the batch together, carrying the recurrent state one charact
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from charrnn.model.weights import load_run
 from charrnn.storage.run import read_metrics
 
 
-class CharModel:
+class CharModel(loop.Generator):
     """A trained model with its vocabulary, ready to generate."""
 
     def __init__(
@@ -74,39 +73,6 @@ class CharModel:
 
     def backend(self, batch: int) -> TorchBackend:
         return TorchBackend(self.model, self.dtype_for(batch))
-
-    def stream(
-        self,
-        prompt: str | Sequence[str] = "",
-        length: int = 1000,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        num_samples: int = 1,
-        drop_unknown: bool = False,
-    ) -> Iterator[list[str]]:
-        """Yield the text as it is produced: first the prompts, then one character per sample per step.
-
-        Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
-        then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
-        return loop.stream(
-            self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
-        )
-
-    def generate(
-        self,
-        prompt: str | Sequence[str] = "",
-        length: int = 1000,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        num_samples: int = 1,
-        drop_unknown: bool = False,
-    ) -> list[str]:
-        """Generate `num_samples` texts per prompt, each the prompt followed by `length` new characters."""
-        return loop.join(self.stream(prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown))
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(
