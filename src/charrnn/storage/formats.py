@@ -1,8 +1,9 @@
 """Every file charrnn reads, checked before it is used: one line naming the file, what is wrong and what
 to do, never a KeyError or a silently wrong answer.
 
-The JSON files (config.json, vocab.json, export.json) are pydantic models in strict mode: a boolean is
-not a number, a missing or unknown key is an error. Tensors (weights, trainer state) are checked in
+The JSON files (config.json, vocab.json, export.json) and each line of metrics.jsonl are pydantic models
+in strict mode: a boolean is not a number, a missing or unknown key is an error (metrics lines may carry
+keys a later charrnn adds). Tensors (weights, trainer state) are checked in
 model/weights.py against the model they must fit. Weight files carry a SHA-256 of their contents so that
 flipped bytes are caught on load. No torch here: the ONNX runtime reads export.json with it.
 """
@@ -10,10 +11,11 @@ flipped bytes are caught on load. No torch here: the ONNX runtime reads export.j
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from charrnn.errors import CharRNNError
 
@@ -45,9 +47,13 @@ class CorpusInfo(_Open):
     val_chars: int = Field(0, ge=0)
 
 
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
 class ConfigFile(_Strict):
     kind: ClassVar[str] = "config"
-    format_version: Literal[1]
+    versions: ClassVar[str] = "1 and 2"
+    format_version: Literal[1, 2]  # 2 records vocab_sha256
     charrnn_version: str
     model: dict[str, Any]  # checked field by field by config.ModelConfig
     train: dict[str, Any]  # checked by config.TrainConfig
@@ -55,6 +61,15 @@ class ConfigFile(_Strict):
     # Where the weights started, when not from a fresh initialisation: {"kind": "run", ...} for
     # `train --init-from`, {"kind": "tensorflow", ...} for `charrnn import`. Informational.
     started_from: dict[str, Any] | None = None
+    # vocab_sha256() of the run's vocab.json: one of the same size swapped in would otherwise load and
+    # write text in the wrong alphabet. Version 1 (written before it was recorded) has none.
+    vocab_sha256: str | None = Field(None, pattern=SHA256_HEX)
+
+    @model_validator(mode="after")
+    def _version_2_has_the_vocabulary_hash(self) -> ConfigFile:
+        if self.format_version == 2 and self.vocab_sha256 is None:
+            raise ValueError("vocab_sha256: Field required in format version 2")
+        return self
 
 
 class ExportArchitecture(_Strict):
@@ -74,6 +89,7 @@ class ExportFile(_Open):
     state_shape: tuple[int, Literal["batch"], int]
     source: dict[str, Any] = {}
     model_sha256: str | None = None  # of model.onnx; absent in exports made before it was recorded
+    vocab_sha256: str | None = Field(None, pattern=SHA256_HEX)  # of vocab.json's characters; likewise
 
     @model_validator(mode="after")
     def _state_fits_model(self) -> ExportFile:
@@ -106,6 +122,45 @@ class TrainerStateInfo(BaseModel):
     model_sha256: str | None = None  # of the weights in `model`; absent in states written before it was
     carried: Any = None  # stateful training: the recurrent state carried into the next batch (mid-epoch only)
     average: Any = None  # ema > 0: {"updates": tensor, "weights": name -> tensor}, the weight average
+
+
+class StepRecord(_Open):
+    """A metrics.jsonl line for a logged step. Keys a later charrnn adds are kept (extra); the ones read
+    here are typed, and those older runs lack are optional."""
+
+    kind: Literal["step"]
+    format_version: Literal[1] = 1  # absent in runs written before metrics.jsonl carried it
+    epoch: int = Field(ge=1)
+    step: int = Field(ge=0)
+    loss: float
+    lr: float | None = None
+    elapsed: float | None = None
+    precision: str | None = None
+
+
+class EpochRecord(_Open):
+    """A metrics.jsonl line for an epoch's end (a partial epoch when a stop rule ended it)."""
+
+    kind: Literal["epoch"]
+    format_version: Literal[1] = 1
+    epoch: int = Field(ge=1)
+    step: int = Field(ge=0)
+    complete: bool = True
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_protocol: str | None = None
+    val_losses: dict[str, float] | None = None
+    val_bits_per_char: float | None = None
+    seconds: float | None = None
+    ms_per_step: float | None = None
+    elapsed: float | None = None
+    lr: float | None = None
+    precision: str | None = None
+    val_chars_scored: int | None = None
+
+
+METRICS_VERSIONS = (1,)
+_METRICS_RECORD = TypeAdapter(Annotated[StepRecord | EpochRecord, Field(discriminator="kind")])
 
 
 def _problems(exc: ValidationError) -> str:
@@ -156,6 +211,26 @@ def load(model: type[Model], path: Path, fix: str) -> Model:
         return model.model_validate_json(text)
     except ValidationError as exc:
         raise _invalid(model, exc, path, fix) from None
+
+
+def metrics_record(data: Any, where: str, fix: str) -> StepRecord | EpochRecord:
+    """Validate one parsed metrics.jsonl line; `where` names it ("PATH line N")."""
+    version = data.get("format_version", 1) if isinstance(data, dict) else 1
+    if version not in METRICS_VERSIONS:
+        raise CharRNNError(
+            f"{where}: metrics format version {version!r} is not supported (this charrnn reads "
+            f"{', '.join(map(str, METRICS_VERSIONS))}); upgrade charrnn, or {fix}"
+        )
+    try:
+        return _METRICS_RECORD.validate_python(data)
+    except ValidationError as exc:
+        raise CharRNNError(f"{where} is damaged ({_problems(exc)}); {fix}") from None
+
+
+def vocab_sha256(chars) -> str:
+    """SHA-256 of a vocabulary's characters in id order (not of the file's bytes, so rewriting vocab.json
+    with other spacing keeps it). config.json and export.json record it."""
+    return hashlib.sha256(json.dumps(list(chars), ensure_ascii=True).encode("ascii")).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

@@ -23,6 +23,8 @@ from charrnn.errors import CharRNNError
 
 TIMEOUT_ENV = "CHARRNN_DIST_TIMEOUT"  # seconds a collective may wait for a silent rank (default 600)
 PEER_LOST_EXIT = 3  # exit code of a rank that stopped only because another rank died
+# What a rank exits with after a signal stopped it and rank 0 saved: 128 + SIGINT, SIGTERM, SIGHUP.
+STOPPED_EXITS = (130, 143, 129)
 FAIL_ENV = "CHARRNN_FAIL_RANK"  # test hook, "RANK:STEP": that rank crashes before that step
 
 _device = torch.device("cpu")  # where this rank's collectives run (NCCL needs CUDA tensors)
@@ -183,22 +185,36 @@ def launch(nproc: int, argv: list[str]) -> int:
     args.training_script_args = list(argv)  # set, not parsed: torchrun's parser would take --run for --run-path
     try:
         run(args)
-    except SignalException:  # Ctrl-C reaches the ranks too: each stops after its step, rank 0 saves
-        print("charrnn: interrupted", file=sys.stderr)
-        return 130
+    except SignalException as exc:
+        # torchrun passed the signal on to the ranks: each stops after its step, rank 0 saves and says how to
+        # resume. Exit as one process would (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
-        # Name the rank that failed on its own: ranks that merely lost it exit with PEER_LOST_EXIT, and
-        # torchrun often sees them all fail in the same poll, where its "first" is just the lowest rank.
-        failures = sorted(exc.failures.items())
-        causes = [item for item in failures if item[1].exitcode != PEER_LOST_EXIT] or failures
-        failed_rank, failure = min(causes, key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))
-        print(
-            f"charrnn: error: training failed on rank {failed_rank} of {nproc} (exit code {failure.exitcode}; "
-            "its message is above); the other ranks were stopped",
-            file=sys.stderr,
-        )
-        return 1
+        return _failed(exc, nproc)
     return 0
+
+
+def _failed(exc, nproc: int) -> int:
+    """The exit code when ranks exited non-zero, and one line naming the rank that failed first unless
+    the ranks only stopped on a signal sent to them (rank 0 saved and said how to resume)."""
+    failures = sorted(exc.failures.items())
+    stopped = [item for item in failures if item[1].exitcode in STOPPED_EXITS]
+    # A rank exits with a stop code only after rank 0's checkpoint (a barrier): torchrun then ends the
+    # ranks still exiting with a signal of its own (a negative code), which loses nothing.
+    if stopped and all(
+        code in STOPPED_EXITS or code == PEER_LOST_EXIT or code < 0 for code in (f.exitcode for _, f in failures)
+    ):
+        return stopped[0][1].exitcode
+    # Name the rank that failed on its own: ranks that merely lost it exit with PEER_LOST_EXIT, and
+    # torchrun often sees them all fail in the same poll, where its "first" is just the lowest rank.
+    causes = [item for item in failures if item[1].exitcode != PEER_LOST_EXIT] or failures
+    failed_rank, failure = min(causes, key=lambda item: (getattr(item[1], "timestamp", 0), item[0]))
+    print(
+        f"charrnn: error: training failed on rank {failed_rank} of {nproc} (exit code {failure.exitcode}; "
+        "its message is above); the other ranks were stopped",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def without_nproc(argv: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 `RunLog` is the one object the trainer writes records to. metrics.jsonl holds every record; the event files
 (`tensorboard --logdir runs/`) hold the fields named in `TAGS` as scalars at the record's global step, so the
-two never disagree; the plot is redrawn from metrics.jsonl at each epoch's end. Event files are written with
+two never disagree; the plot is redrawn from the records at each epoch's end. Event files are written with
 PyTorch's own `torch.utils.tensorboard.SummaryWriter`, which needs the `tensorboard` package
 (`pip install 'charrnn[tensorboard]'`).
 """
@@ -48,6 +48,7 @@ def step_record(trainer: Trainer, loss: float, elapsed: float) -> dict[str, Any]
         "lr": trainer.learning_rate(),
         "elapsed": elapsed,
         "precision": trainer.precision,
+        "format_version": run_folder.METRICS_FORMAT_VERSION,
     }
 
 
@@ -73,42 +74,69 @@ def epoch_record(trainer: Trainer, seconds: float, complete: bool, losses: dict[
         "elapsed": None,
         "lr": trainer.learning_rate(),
         "val_chars_scored": int(len(trainer.eval_ids)),
+        "format_version": run_folder.METRICS_FORMAT_VERSION,
     }
 
 
 class RunLog:
     """metrics.jsonl, the event files and the plot of one run. Only the process that writes the run
-    directory (DDP's rank 0) writes them; on the others every method does nothing."""
+    directory (DDP's rank 0) writes them; on the others every method does nothing. What the plot needs of
+    the records is kept in memory once read, so it never reads back a file someone may have changed since."""
 
     def __init__(self, run_dir: Path, tensorboard: str, writes: bool = True):
         """tensorboard: TrainConfig.tensorboard (on, off or auto), already validated."""
         self.run_dir = Path(run_dir)
         self.writes = writes
         self.events = EventLog(self.run_dir, tensorboard)
+        self.points: list[dict[str, Any]] | None = None  # what the plot needs of every record, once read
 
     def write(self, record: dict[str, Any]) -> None:
         """One record: a line of metrics.jsonl, then its scalars."""
         if not self.writes:
             return
         append_text(self.run_dir / run_folder.METRICS, json.dumps(record) + "\n")
+        if self.points is not None:
+            self.points.append(_plotted(record))
         self.events.write(record)
 
-    def resume_at(self, step: int) -> None:
-        """Resuming from the checkpoint at `step`: records written after it describe steps that will be
-        redone, so metrics.jsonl loses them and TensorBoard hides them."""
+    def resume_at(self, step: int, epoch: int) -> None:
+        """Resuming from the checkpoint at `step`, with `epoch` epochs counted: records written after it
+        describe steps and epoch ends that will be redone, so metrics.jsonl loses them (rewritten whole,
+        atomically) and TensorBoard hides them. A damaged line is an error naming it."""
         if not self.writes:
             return
-        kept = [r for r in run_folder.read_metrics(self.run_dir) if r.get("step", 0) <= step]
-        atomic_write_text(self.run_dir / run_folder.METRICS, "".join(json.dumps(r) + "\n" for r in kept))
-        self.events.resume_at(step)
+        lines = run_folder.load_metrics(self.run_dir)
+        kept = [(line, r) for line, r in lines if _before(r, step, epoch)]
+        atomic_write_text(self.run_dir / run_folder.METRICS, "".join(line + "\n" for line, _ in kept))
+        self.points = [_plotted(r) for _, r in kept]
+        # An epoch's end logged at the checkpoint's own step is redone too: TensorBoard hides from there
+        # and is given back the records kept at and after that step.
+        purge = min([step + 1, *(r["step"] for _, r in lines if not _before(r, step, epoch))])
+        self.events.resume_at(purge, [r for _, r in kept if r["step"] >= purge])
 
     def plot(self) -> None:
-        """Redraw loss.png from metrics.jsonl."""
-        if self.writes:
-            plot_losses(run_folder.read_metrics(self.run_dir), self.run_dir / run_folder.PLOT)
+        """Redraw loss.png from the run's records."""
+        if not self.writes:
+            return
+        if self.points is None:
+            self.points = [_plotted(r) for _, r in run_folder.load_metrics(self.run_dir)]
+        plot_losses(self.points, self.run_dir / run_folder.PLOT)
 
     def close(self) -> None:
         self.events.close()
+
+
+def _plotted(record: dict[str, Any]) -> dict[str, Any]:
+    return {key: record[key] for key in ("kind", "step", "loss", "train_loss", "val_loss") if key in record}
+
+
+def _before(record: dict[str, Any], step: int, epoch: int) -> bool:
+    """Whether a checkpoint at `step`, with `epoch` epochs counted, already holds what `record` describes.
+    The end of an epoch comes after its last step: a kill between its line and its checkpoint leaves a
+    checkpoint at the same step, the epoch not yet counted."""
+    if record["kind"] == "epoch" and record.get("complete", True) and record["epoch"] > epoch:
+        return False
+    return record["step"] <= step
 
 
 class EventLog:
@@ -126,13 +154,14 @@ class EventLog:
         self.enabled = setting == "on" or (setting == "auto" and installed())
         self.writer = None
         self.purge_step: int | None = None
+        self.replay: list[dict[str, Any]] = []  # kept records at or after purge_step, for the new file
 
-    def resume_at(self, step: int) -> None:
-        """Resuming from the checkpoint at `step`: events logged after it describe steps that will be redone,
-        and TensorBoard hides them once the new file says so (SummaryWriter's purge_step), as
-        metrics.jsonl is truncated."""
+    def resume_at(self, purge_step: int, replay: list[dict[str, Any]]) -> None:
+        """Resuming: events logged from `purge_step` on describe steps that will be redone, and TensorBoard
+        hides them once the new file says so (SummaryWriter's purge_step), as metrics.jsonl is truncated;
+        `replay`, the records metrics.jsonl keeps from that step on, go into the new file first."""
         self.close()
-        self.purge_step = step + 1
+        self.purge_step, self.replay = purge_step, list(replay)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -143,12 +172,18 @@ class EventLog:
 
                 self.writer = SummaryWriter(str(self.run_dir), purge_step=self.purge_step)
                 self.purge_step = None
-            for (kind, field), tag in TAGS.items():
-                if record.get("kind") == kind and record.get(field) is not None:
-                    self.writer.add_scalar(tag, record[field], record["step"])
+                for kept in self.replay:
+                    self._scalars(kept)
+                self.replay = []
+            self._scalars(record)
             self.writer.flush()  # as metrics.jsonl, whose lines are on disk once logged
         except OSError as exc:
             raise WriteError(self.run_dir / "events.out.tfevents.*", exc) from None
+
+    def _scalars(self, record: dict[str, Any]) -> None:
+        for (kind, field), tag in TAGS.items():
+            if record.get("kind") == kind and record.get(field) is not None:
+                self.writer.add_scalar(tag, record[field], record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
@@ -166,9 +201,9 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    steps = [(r["step"], r["loss"]) for r in records if r.get("kind") == "step"]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("kind") == "epoch" and r.get("val_loss") is not None]
-    train = [(r["step"], r["train_loss"]) for r in records if r.get("kind") == "epoch"]
+    steps = [(r["step"], r["loss"]) for r in records if r["kind"] == "step"]
+    val = [(r["step"], r["val_loss"]) for r in records if r["kind"] == "epoch" and r.get("val_loss") is not None]
+    train = [(r["step"], r["train_loss"]) for r in records if r["kind"] == "epoch" and r.get("train_loss") is not None]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if steps:
         ax.plot(*zip(*steps), label="train (logged steps)", color="tab:blue", alpha=0.5, linewidth=1)

@@ -18,14 +18,15 @@ import torch
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.batches import split
 from charrnn.data.prepare import Prepared, prepare
-from charrnn.data.sources import BUILTINS, looks_like_url
+from charrnn.data.sources import BUILTINS, check_recorded_url, looks_like_url
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError, WriteError
+from charrnn.model import memory
 from charrnn.model.network import CharRNN
 from charrnn.model.precision import resolve_device
 from charrnn.storage import run as run_folder
-from charrnn.storage.files import DirectoryLock, remove_stale_temporaries
-from charrnn.training import checkpoint, distributed, finetune
+from charrnn.storage.files import DirectoryLock
+from charrnn.training import checkpoint, distributed, finetune, stopping
 
 if TYPE_CHECKING:
     from charrnn.training.trainer import Trainer
@@ -85,10 +86,12 @@ def create(run_dir: Path, config: TrainConfig, model: dict[str, Any] | None, dat
         vocab = source.vocab.extend(prepare_text(config, data_dir).vocab)
         corpus, vocab, train_ids, val_ids = load_data(config, data_dir, vocab)
         model_config = finetune.model_config(source, vocab, model or {})
+        memory.check_training(model_config, config.batch_size, config.seq_len)
         initial = finetune.initial_model(model_config, source, config.seed)
     else:
         corpus, vocab, train_ids, val_ids = load_data(config, data_dir)
         model_config = ModelConfig(vocab_size=len(vocab), **(model or {}))
+        memory.check_training(model_config, config.batch_size, config.seq_len)  # before the run folder is made
         torch.manual_seed(config.seed)
         initial = CharRNN(model_config)
     trainer = make(initial, vocab, train_ids, val_ids, config)
@@ -123,7 +126,7 @@ def _write_new_run(
     trainer.acquire_lock()
     try:
         run_folder.check_new_run_dir(run_dir)  # again, under the lock: another process may have started one
-        remove_stale_temporaries(run_dir)
+        run_folder.remove_temporaries(run_dir)
         trainer.vocab.save(run_dir / run_folder.VOCAB)
         run_folder.save_config(run_dir, model_config, trainer.config, corpus_info, started_from=started_from)
     except BaseException:
@@ -139,17 +142,19 @@ def resume(run_dir: Path, data_dir, make: Make, overrides: dict[str, Any]) -> Tr
         raise CharRNNError(
             f"cannot change {', '.join(changed)} when resuming; only {', '.join(sorted(RESUMABLE))} may change"
         )
+    check_recorded_url(config.text, overrides.get("text"), run_dir)  # a URL from a run folder needs a say-so
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if k in RESUMABLE})
     distributed.setup(resolve_device(config.device))
     # Rank 0 locks before reading the state another trainer may be writing; only it writes.
     lock = DirectoryLock(run_dir).acquire() if distributed.is_main() else None
     try:
         if lock is not None:
-            remove_stale_temporaries(run_dir)  # left by a writer killed mid-checkpoint; we hold the lock
+            run_folder.remove_temporaries(run_dir)  # left by a writer killed mid-checkpoint; we hold the lock
         trainer = _restore(run_dir, model_config, config, corpus_info, data_dir, make)
         trainer.lock = lock
-        if trainer.main:
-            trainer.log.resume_at(trainer.global_step)
+        # A run already past its epochs or --max-steps trains nothing, and so writes nothing (fit says so).
+        if trainer.main and stopping.nothing_to_do(trainer) is None:
+            trainer.log.resume_at(trainer.global_step, trainer.epoch)
             run_folder.save_config(run_dir, model_config, config, corpus_info, run_folder.load_started_from(run_dir))
     except BaseException:
         if lock is not None:
@@ -161,7 +166,9 @@ def resume(run_dir: Path, data_dir, make: Make, overrides: dict[str, Any]) -> Tr
 def _restore(
     run_dir: Path, model_config: ModelConfig, config: TrainConfig, corpus_info: dict[str, Any], data_dir, make: Make
 ) -> Trainer:
-    run_vocab = Vocab.load(run_dir / run_folder.VOCAB, "it must be the run's own; restore it from a backup")
+    fix = "it must be the run's own; restore it from a backup"
+    run_vocab = Vocab.load(run_dir / run_folder.VOCAB, fix)
+    run_vocab.check_sha256(run_folder.load_vocab_sha256(run_dir), run_dir / run_folder.VOCAB, run_folder.CONFIG, fix)
     state_path = run_dir / run_folder.TRAINER_STATE
     started_from = run_folder.load_started_from(run_dir)
     if started_from and started_from.get("kind") == "tensorflow" and not state_path.is_file():

@@ -1,5 +1,5 @@
-"""Why fit() stops before its last epoch, and what it says then: Ctrl-C and SIGTERM (finish the step, save a
-checkpoint, say how to resume), request_stop(), --max-steps, --max-minutes and --patience."""
+"""Why fit() stops before its last epoch, and what it says then: Ctrl-C, SIGTERM and SIGHUP (finish the step,
+save a checkpoint, say how to resume), request_stop(), --max-steps, --max-minutes and --patience."""
 
 from __future__ import annotations
 
@@ -16,24 +16,36 @@ if TYPE_CHECKING:
     from charrnn.training.trainer import Trainer
 
 
+# Closing the terminal sends SIGHUP; Windows has none.
+SIGHUP = getattr(signal, "SIGHUP", None)
+
+
 class StopRequest:
     """Whether fit() should stop after the current step, and the signal that asked for it, if one did.
 
-    Ctrl-C and SIGTERM (kill, systemd, a job scheduler) both ask; a second one stops at once: Ctrl-C as
-    KeyboardInterrupt, SIGTERM by its default action (exit 143)."""
+    Ctrl-C, SIGTERM (kill, systemd, a job scheduler) and SIGHUP (the terminal closed) all ask, and the
+    command exits 128 + the signal (130, 143, 129); a second one stops at once: Ctrl-C as
+    KeyboardInterrupt, the others by their default action."""
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None
+        self._terminals: list[int] = []  # stdout and stderr, where they are a terminal
 
     def request(self) -> None:
         self.requested = True
 
     @contextmanager
     def handling(self) -> Iterator[None]:
-        """Route SIGINT and SIGTERM here for the duration, then give them back to their previous handlers.
-        Python lets only the main thread set handlers; elsewhere only `request()` stops."""
-        handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        """Route SIGINT, SIGTERM and SIGHUP here for the duration, then give them back to their previous
+        handlers. SIGHUP stays ignored where it was (nohup). Python lets only the main thread set
+        handlers; elsewhere only `request()` stops."""
+        handled = [signal.SIGINT, signal.SIGTERM]
+        if SIGHUP is not None and signal.getsignal(SIGHUP) is not signal.SIG_IGN:
+            handled.append(SIGHUP)
+        if threading.current_thread() is not threading.main_thread():
+            handled = []
+        self._terminals = [fd for fd in (1, 2) if _is_terminal(fd)]
         previous = {signum: signal.signal(signum, self._on_signal) for signum in handled}
         try:
             yield
@@ -48,9 +60,19 @@ class StopRequest:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        if signum == SIGHUP:
+            self._leave_terminal()
         # Only flags here: writing from a handler can land inside the progress bar's own write (a reentrant
         # write RuntimeError); the loop says it once it sees the flag.
         self.requested, self.signum = True, signum
+
+    def _leave_terminal(self) -> None:
+        """After a hang-up, writing to the terminal fails (EIO) and would end the run before its checkpoint:
+        what was going to it goes nowhere instead. Output to a file or a pipe is kept."""
+        for fd in self._terminals:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
 
     def notice(self) -> str | None:
         """What to say when a signal stopped the loop (None when `request()` did)."""
@@ -60,6 +82,21 @@ class StopRequest:
         return (
             f"\n{name}: stopping after this step and saving a checkpoint ({name} again stops at once, without saving)"
         )
+
+
+def nothing_to_do(trainer: Trainer) -> str | None:
+    """Why fit() would train nothing, the run being past its epochs or --max-steps already; else None."""
+    cfg = trainer.config
+    if trainer.epoch >= cfg.epochs:
+        return (
+            f"the run already finished {trainer.epoch} epoch(s); pass --epochs N (N > {trainer.epoch}) to train longer"
+        )
+    if cfg.max_steps and trainer.global_step >= cfg.max_steps:
+        return (
+            f"the run is already at step {trainer.global_step} (--max-steps {cfg.max_steps}); "
+            f"pass --max-steps N (N > {trainer.global_step}, or 0 for no limit) to train longer"
+        )
+    return None
 
 
 def after_step(trainer: Trainer, tick: Callable[[], float]) -> str:
@@ -92,3 +129,10 @@ def stopped_line(status: str, trainer: Trainer) -> str:
         f"validation loss has not improved for {trainer.bad_epochs} epoch(s): "
         f"stopping early (--patience {cfg.patience})"
     )
+
+
+def _is_terminal(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False

@@ -247,13 +247,12 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------------
     def fit(self) -> FitResult:
         """Train until the epochs are done or a stop rule ends the run (max_steps, max_minutes, patience,
-        request_stop, Ctrl-C or SIGTERM), checkpointing as configured; releases the lock when it returns."""
-        if self.epoch >= self.config.epochs:
-            self.say(
-                f"the run already finished {self.epoch} epoch(s); pass --epochs N (N > {self.epoch}) to train longer"
-            )
+        request_stop, Ctrl-C, SIGTERM or SIGHUP), checkpointing as configured; releases the lock when it returns."""
+        if (done := stopping.nothing_to_do(self)) is not None:
+            self.say(done)
             self.close()
-            return FitResult("finished", self.epoch, self.global_step, self.best_val_loss)
+            status = "finished" if self.epoch >= self.config.epochs else "max_steps"
+            return FitResult(status, self.epoch, self.global_step, self.best_val_loss)
         self._introduce()
         status = "finished"
         try:
@@ -302,6 +301,9 @@ class Trainer:
             if (notice := self.stop.notice()) is not None:
                 self.say(notice)
             self.save_checkpoint()
+            # The other ranks wait for rank 0's checkpoint: torchrun stops every rank (with a signal that
+            # would cut the save short) as soon as one exits.
+            distributed.barrier()
         else:
             self._end_epoch(time.perf_counter() - started, complete=status == "finished")
             if status == "finished" and cfg.patience and self.bad_epochs >= cfg.patience:
