@@ -14,49 +14,33 @@ are code points) and a code point -> id table.
 
 The cache (`<cache dir>/prepared/`) is keyed by what was asked (files with size and mtime, encoding,
 decode_errors, skip_chars): a second run or --resume finds `<sha256>-<vocab>.npy` and starts without
-reading the text. A file lock lets concurrent runs (and DDP ranks) wait for one preparation.
+reading the text, once the ids verify (cache.py). A file lock lets concurrent runs (and DDP ranks) wait
+for one preparation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
 
-from charrnn.data.reader import CHUNK, no_text, open_text, stream_pieces
+from charrnn.data import cache
+from charrnn.data.cache import Prepared
+from charrnn.data.reader import CHUNK, no_text, open_text, say_once, stream_pieces
 from charrnn.data.sources import skipped_message
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.storage.files import atomic_path, atomic_write_text, cache_dir
+from charrnn.storage.files import atomic_path
 
-FORMAT_VERSION = 1
-
+__all__ = ["Prepared", "in_vocab", "prepare"]
 
 PROGRESS_MIN_BYTES = 16 << 20  # smaller texts prepare too fast for a progress bar to help
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """A prepared text: ids memory-mapped from the cache, and the fingerprint a run records."""
-
-    ids: np.ndarray  # (chars,) uint8/16/32, read-only memmap
-    vocab: Vocab
-    name: str  # short name, used for default run directories
-    source: str  # what the user asked for, resolved
-    sha256: str  # of the text's UTF-8 bytes, as Corpus.sha256
-    chars: int
-    skipped: tuple[str, ...]  # files left out by decode_errors="skip"
-    path: Path  # the cached .npy
-    cached: bool  # True when this call found it prepared already
 
 
 class _Meter:
@@ -138,15 +122,18 @@ def _scan(files, labels, codec, errors, skip_chars, joined, out) -> tuple[list[i
     return sorted(map(ord, known)), chars, failed
 
 
-def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, vocab: Vocab, chars: int, out) -> str:
-    """Pass 2: write the ids as a .npy (header, then the array streamed) and return the text's SHA-256."""
+def _write_ids(
+    dest: Path, files, labels, codec, errors, skip_chars, joined, vocab: Vocab, chars: int, out
+) -> tuple[str, str]:
+    """Pass 2: write the ids as a .npy (header, then the array streamed); return the SHA-256 of the text
+    and of the ids (the cache's check, taken here so the ids are not read again)."""
     table = np.zeros(ord(vocab.chars[-1]) + 1, vocab.dtype)  # code point -> id
     table[[ord(c) for c in vocab.chars]] = np.arange(len(vocab), dtype=vocab.dtype)
     # ASCII pieces: bytes.translate maps them at memory speed. ASCII sorts first, so ASCII ids are < 128
     # and fit a byte whatever the vocabulary's size; wider ids are the same bytes zero-extended.
     ascii_in_vocab = bytes(ord(c) for c in vocab.chars if ord(c) < 0x80)
     translate = bytes(np.resize(table[:0x80], 256).astype(np.uint8))
-    digest = hashlib.sha256()
+    digest, ids_digest = hashlib.sha256(), hashlib.sha256()
     meter = _Meter(out, "preparing: pass 2/2 (encoding)", sum(p.stat().st_size for p in files))
     written = 0
     changed = CharRNNError("the text changed while it was being prepared; run again")
@@ -163,71 +150,23 @@ def _write_ids(dest: Path, files, labels, codec, errors, skip_chars, joined, voc
                     raise changed
                 digest.update(piece)
                 ids = piece.translate(translate)
-                handle.write(
-                    ids if vocab.dtype == np.uint8 else np.frombuffer(ids, np.uint8).astype(vocab.dtype).tobytes()
-                )
+                ids = ids if vocab.dtype == np.uint8 else np.frombuffer(ids, np.uint8).astype(vocab.dtype).tobytes()
+                ids_digest.update(ids)
+                handle.write(ids)
             else:
                 points = _points(piece)
                 if int(points.max()) >= len(table):
                     raise changed
                 digest.update(piece.encode("utf-8", "surrogatepass"))
-                handle.write(table.take(points).tobytes())
+                ids = table.take(points).tobytes()
+                ids_digest.update(ids)
+                handle.write(ids)
             written += len(piece)
         if written != chars:
             raise changed
         handle.flush()
     meter.close()
-    return digest.hexdigest()
-
-
-@contextmanager
-def _locked(path: Path):
-    """An exclusive OS lock on `path` (where fcntl exists): one preparation at a time per cache entry."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, at worst two runs prepare the same text
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _request_key(files, codec: str, errors: str, skip_chars: int) -> str:
-    """What was asked, with each file's identity, size and times: a changed file is a new key. The inode
-    change time is in it because tools that copy or sync files keep the modification time (cp -p,
-    rsync -t) but cannot set ctime, so an edit that keeps the size and mtime is still noticed."""
-    stats = []
-    for path in files:
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-        stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns])
-    request = [FORMAT_VERSION, codec, errors, skip_chars, stats]
-    return hashlib.sha256(json.dumps(request).encode()).hexdigest()[:32]
-
-
-def _load(entry: Path, manifest: dict, name: str, source: str, cached: bool) -> Prepared:
-    ids = np.load(entry.parent / manifest["ids"], mmap_mode="r")
-    vocab = Vocab(tuple(manifest["vocab"]))
-    if ids.shape != (manifest["chars"],) or ids.dtype != vocab.dtype:
-        raise CharRNNError(f"{entry.parent / manifest['ids']} is damaged; delete it and run again")
-    return Prepared(
-        ids,
-        vocab,
-        name,
-        source,
-        manifest["sha256"],
-        manifest["chars"],
-        tuple(manifest["skipped"]),
-        entry.parent / manifest["ids"],
-        cached,
-    )
+    return digest.hexdigest(), ids_digest.hexdigest()
 
 
 def prepare(
@@ -242,61 +181,53 @@ def prepare(
     """The ids, vocabulary and fingerprint of a text, from the cache or prepared now (two streaming passes)."""
     codec, found = open_text(spec, encoding, skip_chars, data_dir, decode_errors)
     out = out if out is not None else sys.stderr
-    files, labels = list(found.files), list(found.labels)
-    joined = len(files) > 1  # a newline between files only when there are several
-    folder = cache_dir() / "prepared"
-    key = _request_key(files, codec, decode_errors, skip_chars)
+    for note in found.notes:
+        say_once(out, note)
+    folder = cache.folder()
+    key = cache.request_key(found.files, codec, decode_errors, skip_chars)
     entry = folder / f"{key}.json"
-    with _locked(folder / f"{key}.lock"):
-        if entry.is_file():
-            try:
-                manifest = json.loads(entry.read_text(encoding="utf-8"))
-                if manifest.get("format_version") == FORMAT_VERSION and (folder / manifest["ids"]).is_file():
-                    prepared = _load(entry, manifest, found.name, found.source, cached=True)
-                    if prepared.skipped:  # said on every run, not only the one that prepared it
-                        out.write(f"charrnn: {skipped_message(list(prepared.skipped), encoding)}\n")
-                    return prepared
-            except (OSError, ValueError, KeyError, TypeError, CharRNNError):
-                pass  # a damaged entry is prepared again
+    with cache.locked(folder / f"{key}.lock"):
+        prepared, problem = cache.lookup(entry, found.name, found.source)
+        if prepared is not None:
+            if prepared.skipped:  # said on every run, not only the one that prepared it
+                out.write(f"charrnn: {skipped_message(list(prepared.skipped), encoding)}\n")
+            return prepared
+        if problem:
+            out.write(f"charrnn: the prepared cache of {found.source} did not verify ({problem}); preparing it again\n")
         for stale in folder.glob(f"*{key}.partial.npy*"):  # left by a preparation that was killed
             stale.unlink(missing_ok=True)
-        started = time.perf_counter()
-        points, chars, failed = _scan(files, labels, codec, decode_errors, skip_chars, joined, out)
-        if chars == 0:
-            raise no_text(found.source, skip_chars)
-        skipped = [labels[i] for i in sorted(failed)]
-        if skipped:
-            out.write(f"charrnn: {skipped_message(skipped, encoding)}\n")
-        keep = [i for i in range(len(files)) if i not in failed]
-        vocab = Vocab(tuple(chr(p) for p in points))
-        vocab_key = hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
-        tmp_name = f".{key}.partial.npy"
-        sha = _write_ids(
-            folder / tmp_name,
-            [files[i] for i in keep],
-            [labels[i] for i in keep],
-            codec,
-            decode_errors,
-            skip_chars,
-            joined,
-            vocab,
-            chars,
-            out,
-        )
-        ids_name = f"{sha[:32]}-{vocab_key}.npy"
-        os.replace(folder / tmp_name, folder / ids_name)
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "ids": ids_name,
-            "sha256": sha,
-            "chars": chars,
-            "vocab": list(vocab.chars),
-            "skipped": skipped,
-            "source": found.source,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        atomic_write_text(entry, json.dumps(manifest, ensure_ascii=True) + "\n")
-        return _load(entry, manifest, found.name, found.source, cached=False)
+        return _prepare_now(entry, found, codec, decode_errors, skip_chars, encoding, out)
+
+
+def _prepare_now(entry: Path, found, codec: str, errors: str, skip_chars: int, encoding: str, out) -> Prepared:
+    """Both passes over the text, then the ids and their manifest into the cache (under its lock)."""
+    files, labels = list(found.files), list(found.labels)
+    joined = len(files) > 1  # a newline between files only when there are several
+    started = time.perf_counter()
+    points, chars, failed = _scan(files, labels, codec, errors, skip_chars, joined, out)
+    if chars == 0:
+        raise no_text(found.source, skip_chars)
+    skipped = [labels[i] for i in sorted(failed)]
+    if skipped:
+        out.write(f"charrnn: {skipped_message(skipped, encoding)}\n")
+    keep = [i for i in range(len(files)) if i not in failed]
+    vocab = Vocab(tuple(chr(p) for p in points))
+    vocab_key = hashlib.sha256(vocab.to_json().encode()).hexdigest()[:12]
+    partial = entry.parent / f".{entry.stem}.partial.npy"
+    kept_files, kept_labels = [files[i] for i in keep], [labels[i] for i in keep]
+    sha, ids_sha = _write_ids(partial, kept_files, kept_labels, codec, errors, skip_chars, joined, vocab, chars, out)
+    ids_name = f"{sha[:32]}-{vocab_key}.npy"
+    os.replace(partial, entry.parent / ids_name)  # replaces a link planted there, never writes through it
+    manifest = {
+        "ids": ids_name,
+        "sha256": sha,
+        "chars": chars,
+        "vocab": list(vocab.chars),
+        "skipped": skipped,
+        "source": found.source,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return cache.store(entry, manifest, ids_sha, found.name, found.source)
 
 
 def in_vocab(prepared: Prepared, vocab: Vocab, drop_unknown: bool = False) -> np.ndarray:

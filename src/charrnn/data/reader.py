@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +36,17 @@ BLOCK = 64 << 10  # granularity of the pure-ASCII fast path within a chunk
 ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252"}
 
 
+_said: set[str] = set()  # notes already given by this process
+
+
+def say_once(out, line: str) -> None:
+    """A note on `out` (stderr), once per process: a run reads its text more than once."""
+    if line not in _said:
+        _said.add(line)
+        out.write(f"charrnn: {line}\n")
+        out.flush()
+
+
 class Undecodable(CharRNNError):
     """A file that is not valid in the encoding (what --decode-errors skip leaves out; unreadable files are errors)."""
 
@@ -44,11 +57,7 @@ def _file_pieces(path: Path, label: str, codec: str, errors: str, meter=None) ->
     decoder = codecs.getincrementaldecoder(codec)("replace" if errors == "replace" else "strict")
     fast = codec in ASCII_COMPATIBLE
     at_start, position, head = True, 0, b""
-    try:
-        handle = open(path, "rb")
-    except OSError as exc:
-        raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
+    with _open_regular(path) as handle:
         while True:
             try:
                 data = handle.read(CHUNK if position else max(CHUNK, 4))  # a BOM is never split
@@ -81,6 +90,19 @@ def _file_pieces(path: Path, label: str, codec: str, errors: str, meter=None) ->
                     yield piece
             if not data:
                 return
+
+
+def _open_regular(path: Path):
+    """`path` opened for reading, or an error if it is not a regular file. Non-blocking, since a file
+    swapped for a FIFO after it was listed would otherwise block the open until a writer came."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise CharRNNError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise CharRNNError(f"{path} is no longer a regular file; run again")
+    return os.fdopen(descriptor, "rb")  # O_NONBLOCK changes nothing for a regular file
 
 
 def _runs(data: bytes) -> list[tuple[int, int, bool]]:
@@ -170,6 +192,8 @@ def load_text(
     """A text read whole into memory (for small texts and tests; training and scoring stream it through
     prepare.py), read exactly as preparation reads it."""
     codec, found = open_text(spec, encoding, skip_chars, data_dir, decode_errors)
+    for note in found.notes:
+        say_once(sys.stderr, note)
     files, labels = list(found.files), list(found.labels)
     parts: dict[int, list[str]] = {}
     failed = []

@@ -1,6 +1,9 @@
 """Text in: a file, a folder of *.txt, a glob, an http(s) URL, or a built-in corpus name.
 
-`resolve` turns a --text into local files, which reader.py reads. Bytes are decoded strictly (a wrong encoding is an error that
+`resolve` turns a --text into local files, which reader.py reads. Each file is read once however many
+links lead to it, a recursive glob enters each real folder once (so a link loop such as `sub -> .` cannot
+multiply the text), and what a folder or glob leaves out (duplicates, FIFOs, broken links) is said in
+`Source.notes`. Bytes are decoded strictly (a wrong encoding is an error that
 names the file and byte offset, never silently replaced characters), a UTF-8 byte-order mark is dropped,
 and `skip_chars` removes a prefix such as a licence header. For folders and globs, `decode_errors`
 ("skip" or "replace") leaves out the files that do not decode, or replaces their bad bytes with U+FFFD.
@@ -17,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from charrnn.data.listing import gather, kind, walk_glob
 from charrnn.errors import CharRNNError
 from charrnn.storage.files import atomic_path, cache_dir
 
@@ -95,13 +99,30 @@ def _builtin_path(name: str, explicit_data_dir) -> tuple[Path, str]:
     return cached, spec.url
 
 
-def _url_path(url: str) -> Path:
+def _url_file(url: str) -> Path:
     # One file per URL; the hash keeps different URLs with the same basename apart.
     name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
-    path = cache_dir() / "urls" / f"{_sha256(url.encode())[:16]}-{name}"
+    return cache_dir() / "urls" / f"{_sha256(url.encode())[:16]}-{name}"
+
+
+def _url_path(url: str) -> Path:
+    path = _url_file(url)
     if not path.is_file():
         _download(url, path)
     return path
+
+
+def check_recorded_url(spec: str, given: str | None, run_dir) -> None:
+    """Refuse to download a URL that came from a run folder (`spec`) unless the user gave it too (`given`).
+    A run folder may come from anyone, and its URL may point anywhere this machine can reach (a service
+    on its network, a tracker that learns who resumed the run). A URL already in the cache needs no
+    download, so no say-so: resume checks its text against the run's SHA-256 as for any file."""
+    if given == spec or not spec.startswith(("http://", "https://")) or _url_file(spec).is_file():
+        return
+    raise CharRNNError(
+        f"{run_dir} trains on {spec}, which is not in the cache and would be downloaded; "
+        f"to agree, resume with --text {spec}"
+    )
 
 
 def check_encoding(encoding: str) -> None:
@@ -140,6 +161,7 @@ class Source:
     labels: tuple[str, ...]  # how each file is named in messages
     source: str  # what the user asked for, resolved (paths, URL)
     name: str  # short name, used for default run directories
+    notes: tuple[str, ...] = ()  # what a folder or glob left out, one line each, said on stderr
 
 
 def looks_like_url(spec: str) -> bool:
@@ -161,16 +183,27 @@ def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> Source:
         scheme = spec.split("://", 1)[0]
         raise CharRNNError(f"{scheme}:// URLs are not supported, only http(s)://; download the file and pass its path")
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        files, notes = gather(path.glob("*.txt"))
         if not files:
             raise CharRNNError(f"folder {path} has no *.txt files; point --text at a file or a folder of .txt files")
-        return Source(tuple(files), tuple(map(str, files)), str(path.resolve()), path.resolve().name)
+        return Source(tuple(files), tuple(map(str, files)), str(path.resolve()), path.resolve().name, notes)
     if path.is_file():
         return Source((path,), (str(path),), str(path.resolve()), path.stem)
+    if path.exists():  # neither a file nor a folder; stat only, since opening a FIFO would block
+        what = kind(path.stat().st_mode)
+        raise CharRNNError(
+            f"{spec} is a {'FIFO (named pipe)' if what == 'FIFO' else what}, not a regular file: charrnn reads "
+            f"a text more than once (and again on --resume); save it to a file first (cat {spec} > text.txt) "
+            "and pass that"
+        )
     if glob.has_magic(spec):
-        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        pattern = os.path.expanduser(spec)
+        if "**" in Path(pattern).parts:
+            files, notes = gather(*walk_glob(pattern))
+        else:
+            files, notes = gather(map(Path, glob.glob(pattern)))
         if not files:
             raise CharRNNError(f"no files match {spec!r}")
-        return Source(tuple(files), tuple(map(str, files)), spec, files[0].parent.name or "glob")
+        return Source(tuple(files), tuple(map(str, files)), spec, files[0].parent.name or "glob", notes)
     builtins = ", ".join(sorted(BUILTINS))
     raise CharRNNError(f"no such file, folder or built-in corpus: {spec!r} (built-ins: {builtins})")

@@ -101,6 +101,22 @@ class Vocab:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
+    @property
+    def sha256(self) -> str:
+        """What config.json and export.json record, so that a vocab.json swapped for another is caught."""
+        from charrnn.storage.formats import vocab_sha256
+
+        return vocab_sha256(self.chars)
+
+    def check_sha256(self, recorded: str | None, path: Path, recorded_in: str, fix: str) -> None:
+        """Refuse a vocabulary other than the one recorded beside the model (None: nothing was recorded).
+        A swapped vocab.json of the same size would otherwise load and map ids to the wrong characters."""
+        if recorded is not None and self.sha256 != recorded:
+            raise CharRNNError(
+                f"{path} is not the vocabulary this model was trained with (its characters do not match "
+                f"the SHA-256 in {recorded_in}); {fix}"
+            )
+
     def to_json(self) -> str:
         version = VOCAB_FORMAT_VERSION if self.is_sorted else EXTENDED_VOCAB_FORMAT_VERSION
         return json.dumps({"format_version": version, "chars": list(self.chars)}, ensure_ascii=True)
