@@ -103,12 +103,28 @@ def _read_h5(path: Path) -> dict[str, np.ndarray]:
     return {name: a for name, a in arrays.items() if isinstance(a, np.ndarray) and a.dtype.kind == "f"}
 
 
+def _is_optimizer(name: str) -> bool:
+    """Optimizer slots and counters: saved beside the model's variables, not part of it."""
+    return "OPTIMIZER_SLOT" in name or name.startswith(("optimizer", "save_counter"))
+
+
+def _check_finite(arrays: dict[str, np.ndarray], source: Path) -> None:
+    """Refuse NaN or infinite weights (a diverged training): imported, they would give a model that writes
+    one character forever. The optimizer's state does not matter, so it is not checked."""
+    for name, array in arrays.items():
+        if not _is_optimizer(name) and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise CharRNNError(
+                f"{source}: weight {name} holds NaN or infinite values (the training diverged); "
+                "import a checkpoint saved before it diverged"
+            )
+
+
 def _layers(arrays: dict[str, np.ndarray]) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Variables grouped by their layer, optimizer slots and counters left out. Keras 3 files name them
     layers/<layer>/[cell/]vars/<i>; Keras 2 checkpoints <layer>/[cell/]<name>/.ATTRIBUTES/VARIABLE_VALUE."""
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for name in sorted(arrays, key=lambda n: [int(p) if p.isdigit() else p for p in n.split("/")]):
-        if "OPTIMIZER_SLOT" in name or name.startswith(("optimizer/", "save_counter")) or name.startswith("optimizer"):
+        if _is_optimizer(name):
             continue
         parts = [
             p for p in name.replace("/.ATTRIBUTES/VARIABLE_VALUE", "").split("/") if p not in ("layers", "vars", "cell")
@@ -122,6 +138,7 @@ def _layers(arrays: dict[str, np.ndarray]) -> dict[str, list[tuple[str, np.ndarr
 def tutorial_weights(arrays: dict[str, np.ndarray], source: Path) -> TutorialWeights:
     """Pick out the tutorial's layers by their variables: one with `embeddings` (or a single 2-D
     variable), one with three (the GRU: kernel, recurrent kernel, bias (2, 3H)), one dense (kernel, bias)."""
+    _check_finite(arrays, source)
     found: dict[str, list[np.ndarray]] = {}
     for layer, variables in _layers(arrays).items():
         names = [n for n, _ in variables]

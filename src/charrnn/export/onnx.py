@@ -8,7 +8,9 @@ small, exact and independent of torch.onnx's exporter versions:
 
 Batch and time are dynamic: prime with a whole prompt, then feed one character at a time. The state
 layout is the PyTorch model's (LSTM: h of every layer, then c of every layer). Beside model.onnx go
-vocab.json and export.json (format version, architecture, sampling defaults, training metrics).
+vocab.json and export.json (format version, architecture, sampling defaults, training metrics, the
+SHA-256 of model.onnx and of the vocabulary). A run with NaN or infinite weights is refused (by load_run)
+before anything is written.
 """
 
 from __future__ import annotations
@@ -196,6 +198,7 @@ def export(
         },
         "verified_max_abs_diff": worst,
         "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),  # checked when the export is loaded
+        "vocab_sha256": vocab.sha256,  # likewise: a vocab.json swapped for another of its size is refused
     }
     try:
         out.mkdir(parents=True, exist_ok=True)

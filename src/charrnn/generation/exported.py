@@ -37,8 +37,9 @@ class OnnxBackend:
     def prime(self, prompts: list[np.ndarray], num_samples: int):
         logits, states = [], []
         for ids in prompts:
-            zeros = np.zeros((self.state_layers, 1, self.hidden), dtype=np.float32)
-            out, state = self._run(ids.astype(np.int64)[None], zeros)
+            state = np.zeros((self.state_layers, 1, self.hidden), dtype=np.float32)
+            for piece in loop.pieces(ids):  # the state carried: memory stays flat in the prompt's length
+                out, state = self._run(piece.astype(np.int64)[None], state)
             logits.append(np.repeat(out, num_samples, axis=0))
             states.append(np.repeat(state, num_samples, axis=1))
         return np.concatenate(logits), np.ascontiguousarray(np.concatenate(states, axis=1))
@@ -53,6 +54,29 @@ class OnnxBackend:
 
     def take(self, state: np.ndarray, rows: list[int]) -> np.ndarray:
         return np.ascontiguousarray(state[:, rows])
+
+
+def _check_finite_weights(model_path: Path, fix: str) -> None:
+    """Refuse NaN or infinite weights, which load and run but write one character forever. `charrnn export`
+    refuses them too, but an export written before it did may hold them under a valid SHA-256. Reading the
+    weights needs the onnx package (charrnn[export]); with ONNX Runtime alone they are not checked here."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        return
+    try:
+        initializers = onnx.load(str(model_path), load_external_data=False).graph.initializer
+    except Exception as exc:  # onnx raises protobuf's own types for a file it cannot parse
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CharRNNError(f"{model_path} cannot be read ({first[:200]}); {fix}") from None
+    for initializer in initializers:
+        values = numpy_helper.to_array(initializer)
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            raise CharRNNError(
+                f"{model_path}: weight {initializer.name} holds NaN or infinite values (the model it was "
+                f"exported from had diverged, or the file is damaged); {fix}"
+            )
 
 
 class ExportedModel(loop.Generator):
@@ -83,6 +107,7 @@ class ExportedModel(loop.Generator):
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise CharRNNError(f"{model_path} cannot be loaded ({first[:200]}); {fix}") from None
+        _check_finite_weights(model_path, fix)
         arch = meta.model
         states, hidden = meta.state_shape[0], meta.state_shape[2]
         shapes = {io.name: io.shape for io in [*self.session.get_inputs(), *self.session.get_outputs()]}
@@ -102,6 +127,8 @@ class ExportedModel(loop.Generator):
             raise CharRNNError(
                 f"{directory}/vocab.json has {len(self.vocab)} characters but the model has {arch.vocab_size}; {fix}"
             )
+        own = f"restore the export's own vocab.json, or {fix}"
+        self.vocab.check_sha256(meta.vocab_sha256, directory / "vocab.json", "export.json", own)
         self.meta, self.directory = meta.model_dump(), directory
         self.state_layers, self.hidden = states, hidden
 
@@ -117,6 +144,9 @@ class ExportedModel(loop.Generator):
 
     def backend(self, batch: int) -> OnnxBackend:
         return OnnxBackend(self.session, self.state_layers, self.hidden)
+
+    def state_values(self) -> int:
+        return self.state_layers * self.hidden
 
 
 def load(directory: str | Path, threads: int | None = None) -> ExportedModel:
