@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from charrnn.cli.flags import fields_of
 from charrnn.config import (
@@ -73,14 +76,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             model = pick(config, args.data_dir, say=lambda line: print(line, file=sys.stderr, flush=True))
         trainer = Trainer.create(run_dir, config, model, data_dir=args.data_dir)
     from charrnn.training.distributed import peer_errors
+    from charrnn.training.stopping import nothing_to_do
 
+    idle = nothing_to_do(trainer) is not None
     with peer_errors():
         result = trainer.fit()
     if result.status == "interrupted":
         return 128 + (trainer.stop_signal or signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM
     if trainer.main:
+        saved = "the run is in" if idle else "run saved in"
         print(
-            f'run saved in {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt "..."',
+            f'{saved} {trainer.run_dir}; generate with: charrnn generate {trainer.run_dir} --prompt "..."',
             file=sys.stderr,
         )
     return 0
@@ -95,14 +101,29 @@ def _default_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "run"
 
 
+# The most --prompt-file reads: far more than a prompt needs (an RNN's state depends mostly on the last
+# few thousand characters), and small enough that `--prompt-file /dev/zero` ends in an error at once.
+PROMPT_FILE_LIMIT = 16 * 2**20  # bytes
+
+
 def read_prompt_file(name: str) -> str:
-    """The whole of a prompt file, or of standard input for `-`, as UTF-8 text (kept exactly, final newline too)."""
+    """The whole of a prompt file, or of standard input for `-`, as UTF-8 text (kept exactly, final newline too),
+    read no further than PROMPT_FILE_LIMIT."""
     try:
         if name == "-":
-            return sys.stdin.buffer.read().decode("utf-8")
-        return Path(name).read_bytes().decode("utf-8")
+            data = sys.stdin.buffer.read(PROMPT_FILE_LIMIT + 1)
+        else:
+            with open(name, "rb") as file:
+                data = file.read(PROMPT_FILE_LIMIT + 1)
     except OSError as exc:
         raise CharRNNError(f"cannot read --prompt-file {name}: {exc.strerror or exc}") from None
+    if len(data) > PROMPT_FILE_LIMIT:
+        raise CharRNNError(
+            f"--prompt-file {name} is longer than {PROMPT_FILE_LIMIT // 2**20} MiB, the most a prompt may be; "
+            "shorten it (the model's state depends mostly on the prompt's last few thousand characters)"
+        )
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CharRNNError(
             f"--prompt-file {name} is not UTF-8 text (byte {exc.start}); convert it, e.g. with iconv"
@@ -133,12 +154,68 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out.flush()
         out.write("\n")
     else:
-        for i, text in enumerate(model.generate(prompt, **options), 1):
-            out.write(f"--- sample {i} ---\n{text}\n")
+        write_samples(model.stream(prompt, **options), out)
     out.flush()
     if args.seed is None and args.temperature != 0:  # greedy text needs no seed
         print(f"(seed {seed}: pass --seed {seed} to get this text again)", file=sys.stderr)
     return 0
+
+
+# Characters of the later samples held in memory before they are moved to the temporary file.
+SPOOL_CHARS = 2**16
+
+
+class Spool:
+    """The generated characters of `rows` samples, in a temporary file, read back one sample at a time.
+    Each block holds `rows` byte counts (int64), then each sample's characters of those steps (UTF-8);
+    only the blocks' offsets stay in memory."""
+
+    def __init__(self, rows: int):
+        self.rows, self.file, self.blocks, self.held = rows, tempfile.TemporaryFile(), [], []
+
+    def add(self, chars: list[str]) -> None:
+        self.held.append(chars)
+        if len(self.held) * self.rows >= SPOOL_CHARS:
+            self.move()
+
+    def move(self) -> None:
+        if not self.held:
+            return
+        columns = ["".join(column).encode("utf-8") for column in zip(*self.held)]
+        self.blocks.append(self.file.tell())
+        self.file.write(array.array("q", map(len, columns)).tobytes())
+        self.file.writelines(columns)
+        self.held.clear()
+
+    def read(self, row: int) -> Iterator[str]:
+        self.move()
+        for start in self.blocks:
+            self.file.seek(start)
+            lengths = array.array("q")
+            lengths.frombytes(self.file.read(8 * self.rows))
+            self.file.seek(start + 8 * self.rows + sum(lengths[:row]))
+            yield self.file.read(lengths[row]).decode("utf-8")
+
+
+def write_samples(stream: Iterator[list[str]], out: TextIO) -> None:
+    """Each sample under a `--- sample N ---` line. The first is written as it is generated; the others
+    wait in a temporary file, so memory stays flat however long the texts (`--num-samples 2 --length
+    1000000000`). The prompts stay in memory: each prompt's samples share one string."""
+    prompts = next(stream)  # the request's errors are raised here, before anything is written
+    out.write(f"--- sample 1 ---\n{prompts[0]}")
+    spool = Spool(len(prompts) - 1)
+    try:
+        for chars in stream:
+            out.write(chars[0])
+            out.flush()
+            spool.add(chars[1:])
+        out.write("\n")
+        for row, prompt in enumerate(prompts[1:]):
+            out.write(f"--- sample {row + 2} ---\n{prompt}")
+            out.writelines(spool.read(row))
+            out.write("\n")
+    finally:
+        spool.file.close()
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -212,14 +289,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def load(threads, precision):
         return load_any(args.run, threads=threads, precision=precision)
 
-    serve(args.run, load, args.host, args.port, limits, args.model_name, args.threads, args.precision)
+    serve(
+        args.run, load, args.host, args.port, limits, args.model_name, args.threads, args.precision, args.allowed_hosts
+    )
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from charrnn.data.prepare import prepare
-    from charrnn.model.network import CharRNN
-    from charrnn.model.summary import summary
+    from charrnn.model.summary import config_summary
     from charrnn.storage.run import load_config
 
     fields = fields_of(ModelConfig, args)
@@ -237,5 +315,5 @@ def cmd_summary(args: argparse.Namespace) -> int:
             else len(prepare(args.text or "shakespeare", data_dir=args.data_dir).vocab)
         )
         config = ModelConfig(vocab_size=vocab_size, **fields)
-    print(summary(CharRNN(config)))
+    print(config_summary(config))
     return 0

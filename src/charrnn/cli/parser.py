@@ -67,7 +67,8 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--prompt-file",
         metavar="FILE",
-        help="start from the whole of this UTF-8 file (- = standard input); instead of --prompt",
+        help=f"start from the whole of this UTF-8 file (- = standard input; at most "
+        f"{commands.PROMPT_FILE_LIMIT // 2**20} MiB); instead of --prompt",
     )
     p.add_argument("--length", type=int, default=1000, help="characters to generate after the prompt (default 1000)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default 1.0)")
@@ -155,6 +156,13 @@ def _add_serve(sub) -> None:
     p.add_argument("run", type=Path, metavar="RUN_OR_EXPORT")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--allowed-hosts",
+        metavar="HOSTS",
+        help="comma-separated Host names to answer besides localhost, 127.0.0.1 and [::1] ('*.example.com' for "
+        "a domain, '*' for any); others get a 400 (default: a loopback --host answers only those three, "
+        "any other --host answers any name)",
+    )
     from charrnn.serving.app import ServeLimits  # stdlib only at import; FastAPI is imported when serving
 
     limits = ServeLimits()
@@ -187,7 +195,9 @@ def _add_serve(sub) -> None:
     )
     p.add_argument("--threads", type=int, help="compute threads, all on one worker (default: the cores)")
     p.add_argument("--precision", choices=GENERATION_PRECISIONS, default="auto", help=PRECISION_HELP)
-    p.add_argument("--model-name", help="the model's id in the OpenAI-compatible API (default: RUN_OR_EXPORT as given)")
+    p.add_argument(
+        "--model-name", help="the model's id in the OpenAI-compatible API (default: RUN_OR_EXPORT's folder name)"
+    )
     p.set_defaults(func=commands.cmd_serve)
 
 

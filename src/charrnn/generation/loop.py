@@ -17,9 +17,15 @@ from charrnn.config import MAX_SEED
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.generation.sampling import check_sampling, sample
+from charrnn.model import memory
 
 # Tried in order when the prompt is empty: a fresh line is the most neutral start for most texts.
 DEFAULT_PRIMERS = ("\n", " ", ".")
+
+# Long prompts are primed this many characters at a time, the state carried from piece to piece: a pass
+# over a whole 1 MB prompt keeps every position's activations (about a gigabyte at 64 units), a piece's
+# take a few megabytes.
+PRIME_PIECE = 4096
 
 
 class Backend(Protocol):
@@ -36,6 +42,15 @@ class Backend(Protocol):
 
     def take(self, state: Any, rows: list[int]) -> Any:
         """A new state holding only these rows of `state`, in this order."""
+
+
+def pieces(ids: np.ndarray) -> list[np.ndarray]:
+    """A prompt's ids as the pieces to prime with: PRIME_PIECE ids each, the last taking the remainder (up to
+    2 * PRIME_PIECE - 1), so no piece is short: a matrix product's kernel, and so its rounding, can depend
+    on how many rows it multiplies, and pieces this long compute what one pass over the whole prompt does."""
+    count = max(1, len(ids) // PRIME_PIECE)
+    bounds = [i * PRIME_PIECE for i in range(count)] + [len(ids)]
+    return [ids[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
@@ -87,16 +102,20 @@ def stream(
     seed: int | None = None,
     num_samples: int = 1,
     drop_unknown: bool = False,
+    state_values: int = 0,
 ) -> Iterator[list[str]]:
     """Yield the prompts, then one character per sample per step (see CharModel.stream).
-    `backend_for(batch)` returns the Backend to use for that many rows."""
+    `backend_for(batch)` returns the Backend to use for that many rows; `state_values` is the size of one
+    row's recurrent state (for the memory check; 0 if unknown)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     check_request(prompts, length, num_samples, temperature, top_k, top_p, seed)
     encoded = [prompt_ids(vocab, p, drop_unknown) for p in prompts]
+    memory.check_batch(len(prompts) * num_samples, state_values, len(vocab))
     backend = backend_for(len(prompts) * num_samples)
     rng = np.random.default_rng(seed)
     logits, state = backend.prime([ids for ids, _ in encoded], num_samples)
-    yield [vocab.decode(ids) if shown else "" for ids, shown in encoded for _ in range(num_samples)]
+    shown = [vocab.decode(ids) if shown else "" for ids, shown in encoded]  # once each: a prompt may be megabytes
+    yield [text for text in shown for _ in range(num_samples)]
     chars = vocab.chars
     for step in range(length):
         next_ids = sample(logits, rng, temperature, top_k, top_p, checked=True)  # (batch,)
@@ -119,6 +138,10 @@ class Generator:
     def backend(self, batch: int) -> Backend:
         raise NotImplementedError
 
+    def state_values(self) -> int:
+        """Floats in one row's recurrent state (0 if unknown): what each sample of a batch holds."""
+        return 0
+
     def stream(
         self,
         prompt: str | Sequence[str] = "",
@@ -135,7 +158,17 @@ class Generator:
         Each item is a list with one string per sample (prompt-major: all samples of the first prompt,
         then the next). `"".join` of a sample's pieces equals its entry in `generate`."""
         return stream(
-            self.backend, self.vocab, prompt, length, temperature, top_k, top_p, seed, num_samples, drop_unknown
+            self.backend,
+            self.vocab,
+            prompt,
+            length,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            num_samples,
+            drop_unknown,
+            self.state_values(),
         )
 
     def generate(

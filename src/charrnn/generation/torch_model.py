@@ -6,6 +6,7 @@ samples all rows of the batch together, carrying the recurrent state one charact
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,15 @@ from charrnn.config import GENERATION_DEVICE, ModelConfig, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.generation import loop
+from charrnn.model import memory
 from charrnn.model import scoring as evaluation
 from charrnn.model.network import CharRNN
 from charrnn.model.precision import generation_dtype, precision_name, resolve_device, resolve_precision
 from charrnn.model.scoring import Protocols
 from charrnn.model.stepper import Stepper
 from charrnn.model.summary import count_parameters
-from charrnn.model.weights import load_run
-from charrnn.storage.run import read_metrics
+from charrnn.model.weights import load_run_checkpoint
+from charrnn.storage.run import epoch_record, load_config
 
 
 class CharModel(loop.Generator):
@@ -38,7 +40,9 @@ class CharModel(loop.Generator):
         corpus: dict[str, Any] | None = None,
         run_dir: Path | None = None,
         precision: str = "auto",
+        checkpoint: dict[str, Any] | None = None,
     ):
+        """`checkpoint`: the weight file loaded, {"file", "epoch", "step"} (weights.load_run_checkpoint)."""
         self.model = model.eval()
         resolve_precision(precision, self.device, generation=True)  # validates
         self.precision = precision
@@ -47,14 +51,14 @@ class CharModel(loop.Generator):
         self.train_config = train_config
         self.corpus = corpus or {}
         self.run_dir = run_dir
+        self.checkpoint = checkpoint
 
     @property
     def device(self) -> torch.device:
         return self.model.dense.weight.device
 
     def describe(self) -> dict[str, Any]:
-        """Architecture, vocabulary, parameters and the run's last training metrics."""
-        epochs = [m for m in read_metrics(self.run_dir) if m.get("kind") == "epoch"] if self.run_dir else []
+        """Architecture, vocabulary, parameters, the checkpoint loaded and the metrics of its last epoch."""
         return {
             "vocab_size": len(self.vocab),
             "cell": self.config.cell,
@@ -63,8 +67,16 @@ class CharModel(loop.Generator):
             "hidden_size": self.config.hidden_size,
             "parameters": count_parameters(self.model),
             "corpus": self.corpus,
-            "last_epoch": epochs[-1] if epochs else None,
+            "checkpoint": self.checkpoint,
+            "last_epoch": self.last_epoch,
         }
+
+    @functools.cached_property
+    def last_epoch(self) -> dict[str, Any] | None:
+        """metrics.jsonl's record of the epoch the loaded weights finished, read once: epochs the run trains
+        on after them describe other weights."""
+        step = (self.checkpoint or {}).get("step")
+        return epoch_record(self.run_dir, step) if self.run_dir and step is not None else None
 
     # -- generation ---------------------------------------------------------------------------------
     def dtype_for(self, batch: int) -> torch.dtype:
@@ -73,6 +85,11 @@ class CharModel(loop.Generator):
 
     def backend(self, batch: int) -> TorchBackend:
         return TorchBackend(self.model, self.dtype_for(batch))
+
+    def state_values(self) -> int:
+        if self.device.type != "cpu":
+            return 0  # the state stays in the GPU's memory; only the logits come to this machine's
+        return self.model.states_per_layer * self.config.num_layers * self.config.hidden_size
 
     # -- evaluation ---------------------------------------------------------------------------------
     def evaluate(
@@ -120,10 +137,17 @@ class TorchBackend:
     def prime(self, prompts: list[np.ndarray], num_samples: int):
         logits, states = [], []
         for ids in prompts:
-            out, state = self.model(torch.from_numpy(ids.astype(np.int64))[None].to(self.device), dtype=self.dtype)
+            # In pieces, the state carried: memory stays flat in the prompt's length (loop.pieces).
+            state, fold = None, self.model.folds_embedding(len(ids))
+            for piece in loop.pieces(ids):
+                ids_t = torch.from_numpy(piece.astype(np.int64))[None].to(self.device)
+                out, state = self.model(ids_t, state, dtype=self.dtype, fold=fold)
             logits.append(out[:, -1].expand(num_samples, -1))  # (num_samples, vocab)
             states.append(state.expand(-1, num_samples, -1))  # (layers, num_samples, hidden)
-        return torch.cat(logits).cpu().numpy(), torch.cat(states, dim=1).contiguous()
+        with memory.allocating(
+            f"the recurrent state of {len(prompts) * num_samples:,} samples", "lower --num-samples (num_samples)"
+        ):
+            return torch.cat(logits).cpu().numpy(), torch.cat(states, dim=1).contiguous()
 
     def step(self, ids: np.ndarray, state: torch.Tensor):
         if self.device.type == "cpu":
@@ -149,5 +173,11 @@ def load(
     precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (int8 where AVX512-VNNI runs the step
     kernels, else bf16 where this hardware has it natively and it pays at the batch size, else fp32)."""
     run_dir = Path(run_dir)
-    model, vocab, _model_config, train_config, corpus = load_run(run_dir, checkpoint, resolve_device(device))
-    return CharModel(model, vocab, train_config, corpus, run_dir, precision)
+    config = load_config(run_dir)[0]  # checked first: its model may be larger than this machine
+    memory.check(
+        memory.parameter_count(config) * memory.FLOAT_BYTES,
+        f"the model of {run_dir / 'config.json'}, {memory.describe(config)},",
+        "load it on a machine with more memory, or train a smaller one",
+    )
+    model, vocab, _, train_config, corpus, loaded = load_run_checkpoint(run_dir, checkpoint, resolve_device(device))
+    return CharModel(model, vocab, train_config, corpus, run_dir, precision, loaded)

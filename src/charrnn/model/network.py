@@ -23,6 +23,7 @@ from charrnn.config import ModelConfig
 from charrnn.kernels import cpu
 from charrnn.kernels import step as stepkernels
 from charrnn.kernels.gru import PackedGRULayer, PackedLinear, gru_sequence
+from charrnn.model import memory
 
 cpu.guard_isa()  # before any oneDNN product: caps oneDNN below AMX where AMX is advertised but faults
 
@@ -37,17 +38,19 @@ class CharRNN(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
-        self.rnn = _RNN_CLASSES[config.cell](
-            config.embedding_size,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            batch_first=True,
-            # torch applies this between layers only; with one layer it would warn and do nothing.
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-        )
+        memory.check_model(config)
+        with memory.allocating(f"the weights of {memory.describe(config)}", f"lower {memory.MODEL_SETTINGS}"):
+            self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+            self.rnn = _RNN_CLASSES[config.cell](
+                config.embedding_size,
+                config.hidden_size,
+                num_layers=config.num_layers,
+                batch_first=True,
+                # torch applies this between layers only; with one layer it would warn and do nothing.
+                dropout=config.dropout if config.num_layers > 1 else 0.0,
+            )
+            self.dense = nn.Linear(config.hidden_size, config.vocab_size)
         self.dropout = nn.Dropout(config.dropout)
-        self.dense = nn.Linear(config.hidden_size, config.vocab_size)
         self.compute_dtype = torch.float32  # dtype of the matrix products; see resolve_precision
 
     @property
@@ -95,12 +98,19 @@ class CharRNN(nn.Module):
         # The folded table costs vocab x embedding x 3H; the direct projection tokens x embedding x 3H.
         return self.config.vocab_size * 4 <= tokens
 
-    def forward(self, ids: torch.Tensor, state: torch.Tensor | None = None, dtype: torch.dtype | None = None):
+    def forward(
+        self,
+        ids: torch.Tensor,
+        state: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        fold: bool | None = None,
+    ):
         """ids (batch, time) int64 -> logits (batch, time, vocab) fp32 and the new state.
-        `dtype` overrides `compute_dtype` for this call."""
+        `dtype` overrides `compute_dtype` for this call. `fold` overrides folds_embedding for a GRU on CPU:
+        a text run in pieces passes the whole text's choice, so it computes what one pass would."""
         dtype = dtype or self.compute_dtype
         if self.config.cell == "gru" and ids.device.type == "cpu":
-            return self._gru_forward(ids, state, dtype)
+            return self._gru_forward(ids, state, dtype, fold)
         low = dtype == torch.bfloat16
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=low):
             x = F.embedding(ids, self._embedding_weights())  # (batch, time, embedding)
@@ -114,8 +124,9 @@ class CharRNN(nn.Module):
             logits = self.dense(self.dropout(y))  # (batch, time, vocab)
         return logits.float(), new_state.float()
 
-    def _gru_forward(self, ids: torch.Tensor, state: torch.Tensor | None, dtype: torch.dtype):
+    def _gru_forward(self, ids: torch.Tensor, state: torch.Tensor | None, dtype: torch.dtype, fold: bool | None):
         batch, steps = ids.shape
+        fold = self.folds_embedding(batch * steps) if fold is None else fold
         if state is None:
             state = self.initial_state(batch, ids.device)
         if (
@@ -130,7 +141,7 @@ class CharRNN(nn.Module):
         for layer in range(self.config.num_layers):
             w_ih, w_hh, b_ih, b_hh = self.layer_weights(layer)
             w_hh = self._recurrent_weights(w_hh)  # gru_sequence takes it as a tensor: the mask's gradient flows
-            if layer == 0 and self.folds_embedding(batch * steps):
+            if layer == 0 and fold:
                 table = self.input_table(embedding)
                 x, final = gru_sequence(None, state[layer], w_hh, b_hh, dtype, ids=time_major, table=table)
             else:

@@ -18,6 +18,7 @@ Training (Trainer.evaluate) and `charrnn eval` / CharModel.evaluate both call `e
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from charrnn.config import PROTOCOLS
 from charrnn.data.batches import eval_batches
 from charrnn.errors import CharRNNError
+from charrnn.model import memory
 from charrnn.model.network import CharRNN
 
 WINDOWS_SEED = 1337  # nanoGPT's seed; any fixed value would do
@@ -42,6 +44,13 @@ class Protocols:
     streams: int = 16  # stateful: pieces scored in parallel
     warmup: int = 1_000  # stateful: characters each later piece is primed on before scoring
     time_block: int = 512  # stateful: steps per forward call (memory only; the state is carried across)
+
+    def __post_init__(self) -> None:
+        for name in ("seq_len", "batch_size", "windows", "window_len", "streams", "warmup", "time_block"):
+            value, least = getattr(self, name), 0 if name == "warmup" else 1
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < least:
+                kind = "a non-negative" if least == 0 else "a positive"
+                raise CharRNNError(f"{name} must be {kind} integer; got {value!r}")
 
 
 def evaluate(model: CharRNN, ids: np.ndarray, protocol: str, settings: Protocols = Protocols()) -> float:
@@ -102,6 +111,7 @@ def window_starts(length: int, count: int, window: int, seed: int = WINDOWS_SEED
         raise CharRNNError(
             f"the windows protocol needs a text longer than one window ({window + 1} characters); this one has {length}"
         )
+    memory.check(count * 8, f"the start positions of {count:,} windows", "lower the windows (--windows, eval_windows)")
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(length - window, (count,), generator=generator).numpy()
 
@@ -117,6 +127,13 @@ def windows_loss(
 ) -> float:
     """nanoGPT's estimate_loss over `count` windows: x = ids[i : i + window], y = ids[i + 1 : i + window + 1],
     the state reset per window, the mean over all count x window positions."""
+    config = model.config
+    per_position = config.vocab_size + 4 * config.hidden_size  # logits, and one layer's gate inputs and outputs
+    memory.check(
+        min(count, batch_size) * window * per_position * memory.FLOAT_BYTES,
+        f"scoring windows of {window:,} characters, {min(count, batch_size)} at a time",
+        "lower the window length (--window-len, eval_window_len)",
+    )
     starts = window_starts(len(ids), count, window, seed)
     columns = np.arange(window + 1)
     was_training = model.training

@@ -10,6 +10,7 @@ import torch
 from charrnn.errors import CharRNNError
 from charrnn.kernels import step as stepkernels
 from charrnn.kernels.gru import Projection, Scratch, gru_step
+from charrnn.model import memory
 from charrnn.model.network import CharRNN
 from charrnn.model.precision import steps_on_kernels
 
@@ -78,8 +79,9 @@ class Stepper:
 
     def _ensure_buffers(self, batch: int) -> None:
         if self._batch != batch:
+            with memory.allocating(f"the step buffers of {batch:,} samples", "lower --num-samples (num_samples)"):
+                self._buffers = self._packed_buffers(batch) if self.packed else self._fallback_buffers(batch)
             self._batch = batch
-            self._buffers = self._packed_buffers(batch) if self.packed else self._fallback_buffers(batch)
 
     def _packed_buffers(self, batch: int):
         weights = self.model.packed_weights(self.dtype)
