@@ -21,16 +21,21 @@ what the CLI and the Python API give for the same seed. All compute runs on that
 OpenAI-compatible one read generations through http.begin and slices. Every error is JSON,
 {"error": "..."} (see http.py): 400 for bad values (unseen prompt characters included), 404 / 405 for a
 wrong path or method, 413 for a body over the limit, 422 for a malformed request, 500 for a bug; the
-OpenAI-compatible paths use OpenAI's error envelope instead.
+OpenAI-compatible paths use OpenAI's error envelope instead. `charrnn serve` answers only the Host names
+it is served as (hosts.py: a loopback bind, only loopback names), and tells clients names, never this
+machine's paths (card.py).
 
 The CLI imports this module to parse its flags (ServeLimits), so FastAPI is imported only in create_app
 and serve.
 """
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from charrnn.config import MAX_SEED
 from charrnn.errors import CharRNNError
+from charrnn.serving.hosts import AllowedHosts, parse_hosts
+from charrnn.serving.hosts import allowed_hosts as allowed_hosts_for
 from charrnn.serving.limits import ServeLimits
 
 __all__ = ["MAX_SEED", "ServeLimits", "bind", "create_app", "serve"]
@@ -38,9 +43,16 @@ __all__ = ["MAX_SEED", "ServeLimits", "bind", "create_app", "serve"]
 DEFAULT_LIMITS = ServeLimits()  # frozen, so one instance is every call's default
 
 
-def create_app(model, limits: ServeLimits = DEFAULT_LIMITS, title: str = "charrnn", model_id: str = "charrnn"):
+def create_app(
+    model,
+    limits: ServeLimits = DEFAULT_LIMITS,
+    title: str = "charrnn",
+    model_id: str = "charrnn",
+    allowed_hosts: Sequence[str] | None = None,
+):
     """The ASGI app serving `model` (a charrnn.CharModel or a charrnn.runtime.ExportedModel); `model_id`
-    is its name in the OpenAI-compatible API."""
+    is its name in the OpenAI-compatible API. `allowed_hosts`: the Host names it answers (hosts.py; serve
+    passes those of its bind); None answers any, for an app put behind the caller's own server."""
     from fastapi import FastAPI
 
     from charrnn.serving import routes
@@ -61,6 +73,8 @@ def create_app(model, limits: ServeLimits = DEFAULT_LIMITS, title: str = "charrn
     app.state.active_streams = 0
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, limit=limits.max_body_bytes)
+    if allowed_hosts is not None and "*" not in allowed_hosts:
+        app.add_middleware(AllowedHosts, hosts=allowed_hosts)  # added last: it runs first
     install_error_handlers(app)
     routes.patch_openapi(app)
     app.include_router(routes.router(model, batcher, limits))
@@ -78,11 +92,14 @@ def serve(
     model_name: str | None = None,
     threads: int | None = None,
     precision: str = "auto",
+    allowed_hosts: str | None = None,
 ) -> None:
     """Serve the run or export at `path`, which `load(threads, precision)` loads (the CLI passes
     generation's one loader, so this package never imports PyTorch itself). `model_name` is its id in the
-    OpenAI-compatible API (default: `path` as given, as vLLM names a model by its path); `threads`: the
-    compute threads (default the cores)."""
+    OpenAI-compatible API (default: the folder's name: clients are not told this machine's paths);
+    `threads`: the compute threads (default the cores); `allowed_hosts`: --allowed-hosts as given
+    (hosts.py; None: the default for the bind)."""
+    import ipaddress
     import sys
 
     try:
@@ -90,20 +107,24 @@ def serve(
     except ImportError:
         raise CharRNNError("serving needs fastapi and uvicorn: pip install 'charrnn[serve]'") from None
     limits.check()
+    listed = None if allowed_hosts is None else parse_hosts(allowed_hosts)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise CharRNNError(f"--threads must be at least 1; got {threads}")
     listener = bind(host, port)  # before loading the model: a busy port fails at once
     model = load(threads, precision)
-    port = listener.getsockname()[1]  # the one the system picked for --port 0
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"charrnn: serving on {host}: anyone who can reach this machine can use it", file=sys.stderr)
-    model_id = model_name or Path(path).as_posix()
+    address, port = listener.getsockname()[:2]  # the port is the one the system picked for --port 0
+    hosts = allowed_hosts_for(address, listed)
+    if not ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        names = ", under any host name (--allowed-hosts lists the names to answer)" if hosts == ["*"] else ""
+        print(f"charrnn: serving on {host}: anyone who can reach this machine can use it{names}", file=sys.stderr)
+    model_id = model_name or Path(path).resolve().name or "charrnn"
     print(
-        f"serving {path} on http://{host}:{port}/  (API: POST /v1/generate, GET /v1/model; OpenAI-compatible: "
+        f"serving {path} on http://{f'[{host}]' if ':' in host else host}:{port}/  (API: POST /v1/generate, GET /v1/model; OpenAI-compatible: "
         f"POST /v1/completions with model {model_id!r}; Ctrl-C stops)",
         file=sys.stderr,
     )
-    server = uvicorn.Server(uvicorn.Config(create_app(model, limits, model_id=model_id), log_level="warning"))
+    app = create_app(model, limits, model_id=model_id, allowed_hosts=hosts)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     with listener:
         server.run(sockets=[listener])
 

@@ -3,7 +3,6 @@ Generation goes through http.begin and slices, as the OpenAI-compatible API's do
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -13,6 +12,7 @@ from fastapi.responses import HTMLResponse
 from charrnn.config import MAX_SEED, random_seed
 from charrnn.generation import loop as decoding
 from charrnn.serving.batcher import Batcher
+from charrnn.serving.card import ModelCard
 from charrnn.serving.http import begin, check_limits, documented, event_stream, slices
 from charrnn.serving.limits import ServeLimits
 from charrnn.serving.protocol import SSE_EVENT, Generated, GenerateRequest, Health, generate_request
@@ -43,14 +43,11 @@ def router(model, batcher: Batcher, limits: ServeLimits) -> APIRouter:
             "precision": batcher.precision,
         }
 
+    card = ModelCard(model, limits, batcher.precision)
+
     @api.get("/v1/model", response_model=dict[str, Any])
     async def describe():
-        return {
-            **model.describe(),
-            "limits": asdict(limits),
-            "precision": batcher.precision,
-            "vocabulary": "".join(model.vocab.chars),
-        }
+        return await card.get()
 
     @api.post("/v1/generate", responses=GENERATE_RESPONSES)
     async def generate(body: body_model, request: Request):
