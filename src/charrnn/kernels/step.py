@@ -6,8 +6,9 @@ count, so a row's result does not depend on what else is in the batch: what lets
 users' requests together and still give each the text it gets alone. forward() outside training runs
 the same kernels, so stepping through a text equals re-running it. Built with build.py, from step.c.
 
-Weights are packed once (`pack`): rows padded to a multiple of 8 (16 per gate for a GRU layer) and
-columns to `pad_width` with zeros, so every output goes through the same code with no leftovers. Types:
+Weights are packed once (`pack`: packing.py's numpy arrays, shared with the numpy generation path): rows
+padded to a multiple of 8 (16 per gate for a GRU layer) and columns to `pad_width` with zeros, so every
+output goes through the same code with no leftovers. Types:
 - fp32 and bf16: dot products in fp32 (AVX-512 FMA / AVX512-BF16 dot products; portable C elsewhere).
 - int8 (generation only, `--precision int8`): weights quantised per row (symmetric, 127 levels), the
   state quantised per step to 8 bits (it lies in [-1, 1] for a GRU), exact integer dot products
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from charrnn.kernels import build
+from charrnn.kernels import build, packing
 
 SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "i8"}
 INPUT_TYPES = {torch.float32: torch.float32, torch.bfloat16: torch.bfloat16, torch.int8: torch.uint8}
@@ -33,8 +34,7 @@ def usable(dtype: torch.dtype) -> bool:
 
 def pad_width(n: int, dtype: torch.dtype) -> int:
     """Columns of packed weights, and of the input scratch, for n input features."""
-    multiple = 64 if dtype == torch.int8 else 32
-    return -(-n // multiple) * multiple
+    return packing.pad_width(n, SUFFIXES[dtype])
 
 
 def scratch(batch: int, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -44,8 +44,8 @@ def scratch(batch: int, n: int, dtype: torch.dtype) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Packed:
-    """A layer's weights as step.c reads them: weight (groups, rows_pad, n_pad) in the product type, bias
-    (groups, rows_pad) fp32, and for int8 the per-row scale (fp32) and zero-point correction (int32)."""
+    """packing.Packed as tensors (the same memory): weight (groups, rows_pad, n_pad) in the product type,
+    bias (groups, rows_pad) fp32, and for int8 the per-row scale (fp32) and zero-point correction (int32)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -60,24 +60,19 @@ class Packed:
 
 @torch.no_grad()
 def pack(weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype, groups: int = 1, multiple: int = 8) -> Packed:
-    """weight (groups * rows, n), bias (groups * rows) -> Packed, rows padded to `multiple` per group."""
-    rows, n = weight.shape[0] // groups, weight.shape[1]
-    rows_pad, n_pad = -(-rows // multiple) * multiple, pad_width(n, dtype)
-    w = weight.detach().float().reshape(groups, rows, n)
-    packed = torch.zeros(groups, rows_pad, n_pad, dtype=dtype)
-    padded_bias = torch.zeros(groups, rows_pad)
-    padded_bias[:, :rows] = bias.detach().float().reshape(groups, rows)
-    scale = corr = None
-    if dtype == torch.int8:
-        step = w.abs().amax(dim=2).clamp_min(1e-30) / 127  # (groups, rows): the value of one level
-        q = torch.round(w / step[..., None]).clamp(-127, 127)
-        packed[:, :rows, :n] = q.to(torch.int8)
-        scale, corr = torch.zeros(groups, rows_pad), torch.zeros(groups, rows_pad, dtype=torch.int32)
-        scale[:, :rows] = step / 127  # also undoes the inputs' 127
-        corr[:, :rows] = 128 * q.sum(dim=2).to(torch.int32)
-    else:
-        packed[:, :rows, :n] = w.to(dtype)
-    return Packed(packed, padded_bias, scale, corr, rows, n)
+    """weight (groups * rows, n), bias (groups * rows) -> Packed, rows padded to `multiple` per group:
+    packing.pack's arrays, so the numpy generation path steps the very same bytes."""
+    arrays = packing.pack(
+        weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy(), SUFFIXES[dtype], groups, multiple
+    )
+    packed = torch.from_numpy(arrays.weight)
+    if dtype == torch.bfloat16:
+        packed = packed.view(torch.bfloat16)  # uint16 bit patterns -> the same bits as bf16
+
+    def tensor(array):
+        return None if array is None else torch.from_numpy(array)
+
+    return Packed(packed, tensor(arrays.bias), tensor(arrays.scale), tensor(arrays.corr), arrays.rows, arrays.n)
 
 
 def _ptr(tensor: torch.Tensor):

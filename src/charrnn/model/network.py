@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charrnn.config import ModelConfig
-from charrnn.kernels import cpu
+from charrnn.kernels import cpu, packing
 from charrnn.kernels import step as stepkernels
 from charrnn.kernels.gru import PackedGRULayer, PackedLinear, gru_sequence
 from charrnn.model import memory
@@ -72,8 +72,9 @@ class CharRNN(nn.Module):
 
     def input_table(self, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """The first layer's input projection of every character, (vocab, 3H) fp32: the embedding folded
-        into it. Training (for large batches) and generation both use this one computation. `embedding`
-        (vocab, E) replaces the embedding weights (training passes them with embedding dropout applied)."""
+        into it, for training (large batches) and the PyTorch fallback without the step kernels; generation
+        on the kernels uses packing.input_table instead (see PackedWeights). `embedding` (vocab, E) replaces
+        the embedding weights (training passes them with embedding dropout applied)."""
         w_ih, _, b_ih, _ = self.layer_weights(0)
         return torch.addmm(b_ih, self.embedding.weight if embedding is None else embedding, w_ih.t())
 
@@ -208,11 +209,14 @@ class CharRNN(nn.Module):
 
 class PackedWeights:
     """A GRU model's weights for the step kernels: the first layer's per-character input table (vocab, 3H)
-    fp32, per layer (input projection or None for the first, recurrent layer), and the output layer."""
+    fp32, per layer (input projection or None for the first, recurrent layer), and the output layer.
+    Table and packing are kernels.packing's, which generation without PyTorch (generation/kernel_model.py)
+    computes too: the two paths give the same logits bit for bit."""
 
     @torch.no_grad()
     def __init__(self, model: CharRNN, dtype: torch.dtype):
-        self.table = model.input_table().contiguous()
+        w_ih, _, b_ih, _ = (w.detach().float().numpy() for w in model.layer_weights(0))
+        self.table = torch.from_numpy(packing.input_table(model.embedding.weight.detach().float().numpy(), w_ih, b_ih))
         self.layers = []
         for layer in range(model.config.num_layers):
             w_ih, w_hh, b_ih, b_hh = model.layer_weights(layer)
