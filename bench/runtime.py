@@ -44,9 +44,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    import charrnn
     from charrnn import runtime
     from charrnn.export.onnx import export
+    from charrnn.generation.torch_model import load as torch_load
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "onnx"
@@ -57,11 +57,11 @@ def main() -> None:
         run_files = sum(p.stat().st_size for p in Path(args.run).glob("*.safetensors")) / len(
             list(Path(args.run).glob("*.safetensors"))
         )
-        torch_model = charrnn.load(args.run, precision="fp32")
+        torch_model = torch_load(args.run, precision="fp32")
         onnx_model = runtime.load(out)
         rows = {}
         for name, model, load in (
-            ("PyTorch (charrnn.load)", torch_model, lambda: charrnn.load(args.run, precision="fp32")),
+            ("PyTorch (CharModel)", torch_model, lambda: torch_load(args.run, precision="fp32")),
             ("ONNX Runtime (charrnn.runtime)", onnx_model, lambda: runtime.load(out)),
         ):
             model.generate("ROMEO:", length=20, seed=0)  # warm-up
@@ -74,7 +74,9 @@ def main() -> None:
                     lambda model=model: model.generate("ROMEO:", length=args.chars, seed=1, num_samples=5), args.repeats
                 ),
             }
-        rows["PyTorch (charrnn.load)"]["cold"] = cold_load(f"import charrnn; charrnn.load({args.run!r})")
+        rows["PyTorch (CharModel)"]["cold"] = cold_load(
+            f"from charrnn.generation.torch_model import load; load({args.run!r})"
+        )
         rows["ONNX Runtime (charrnn.runtime)"]["cold"] = cold_load(
             f"from charrnn import runtime; runtime.load({str(out)!r})"
         )

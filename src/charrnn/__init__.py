@@ -4,7 +4,8 @@
     model = charrnn.load("runs/shakespeare")
     print(model.generate("ROMEO:", length=300, temperature=0.8, seed=1)[0])
 
-Attributes are imported on first use, so `charrnn.runtime` (numpy + onnxruntime) never imports torch.
+Attributes are imported on first use, so `charrnn.runtime` (numpy + onnxruntime) never imports torch, nor
+does `charrnn.load` of a GRU run on the CPU (generation/runs.py).
 """
 
 __version__ = "0.1.0"
@@ -15,7 +16,7 @@ _LAZY = {
     "TrainConfig": "config",
     "CharRNNError": "errors",
     "CharModel": "generation.torch_model",
-    "load": "generation.torch_model",
+    "load": "generation.runs",
     "CharRNN": "model.network",
     "Callback": "training.trainer",
     "Trainer": "training.trainer",

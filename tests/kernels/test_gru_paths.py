@@ -131,22 +131,27 @@ def test_a_row_generates_the_same_text_whatever_else_is_in_the_batch(precision, 
 
 
 def test_auto_precision_picks_the_fastest_measured(tiny_run, small_text, tmp_path):
-    from charrnn.model.precision import BF16_MIN_BATCH, bf16_native, bf16_trains_faster, int8_native
+    from charrnn.generation.torch_model import load
+    from charrnn.kernels import native
+    from charrnn.model.precision import bf16_trains_faster, precision_name
 
-    native = bf16_native(torch.device("cpu"))
-    model = charrnn.load(tiny_run)
-    low = torch.bfloat16 if native else torch.float32
+    low = "bf16" if native.bf16_native_cpu() else "fp32"
+    model = load(tiny_run)  # the PyTorch path: the torch-free one follows the same rule (tests/generation/test_runs.py)
+
+    def chosen(batch):
+        return precision_name(model.dtype_for(batch))
+
     # With AVX512-VNNI, int8 at every batch size; else bf16 wherever the step kernels run it natively ...
-    if int8_native(torch.device("cpu")):
-        assert model.dtype_for(1) == model.dtype_for(64) == torch.int8
+    if native.int8_native() and build.available():
+        assert chosen(1) == chosen(64) == "int8"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("charrnn.model.precision.int8_native", lambda device: False)
-        assert model.dtype_for(1) == (low if build.available() else torch.float32)
-        assert model.dtype_for(BF16_MIN_BATCH) == low
+        patch.setattr(native, "int8_native", lambda: False)
+        assert chosen(1) == (low if build.available() else "fp32")
+        assert chosen(native.BF16_MIN_BATCH) == low
         # ... and through PyTorch's products (no C compiler) only from BF16_MIN_BATCH rows
         patch.setattr(step, "usable", lambda *a, **k: False)
-        assert model.dtype_for(1) == torch.float32 and model.dtype_for(BF16_MIN_BATCH) == low
-    assert charrnn.load(tiny_run, precision="fp32").dtype_for(64) == torch.float32
+        assert chosen(1) == "fp32" and chosen(native.BF16_MIN_BATCH) == low
+    assert load(tiny_run, precision="fp32").dtype_for(64) == torch.float32
     import json
     import os
 
@@ -186,7 +191,7 @@ def test_int8_generation_stays_close_to_fp32_and_training_refuses_it(tiny_run, s
     text = small_text.read_text()[:3000]
     fp32 = charrnn.load(tiny_run, precision="fp32").evaluate(text)["loss"]
     int8 = charrnn.load(tiny_run, precision="int8")
-    assert int8.dtype_for(1) == torch.int8 and int8.dtype_for(64) == torch.int8
+    assert int8.dtype_for(1) == int8.dtype_for(64) == "int8"  # charrnn.load's torch-free model names it
     assert abs(int8.evaluate(text)["loss"] - fp32) < 0.02
     assert len(int8.generate("a", length=50, seed=1)[0]) == 51
     with pytest.raises(CharRNNError, match="precision must be one of auto, bf16, fp32"):

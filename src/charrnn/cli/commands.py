@@ -157,7 +157,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         write_samples(model.stream(prompt, **options), out)
     out.flush()
     if args.seed is None and args.temperature != 0:  # greedy text needs no seed
-        print(f"(seed {seed}: pass --seed {seed} to get this text again)", file=sys.stderr)
+        # The precision too: `auto` may choose another one on another machine, and with it other text.
+        again = f"--seed {seed} --precision {model.backend(args.num_samples).precision}"
+        print(f"(seed {seed}: pass {again} to get this text again)", file=sys.stderr)
     return 0
 
 

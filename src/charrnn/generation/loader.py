@@ -1,6 +1,6 @@
-"""One loader for everything generation reads: a run folder (PyTorch) or an export folder (ONNX Runtime).
+"""One loader for everything generation reads: a run folder or an export folder (ONNX Runtime).
 
-An export loads without importing torch; a run imports it only when one is loaded.
+An export loads without importing torch; so does a run whose GRU the step kernels run (generation/runs.py).
 """
 
 from __future__ import annotations
@@ -20,19 +20,16 @@ def load_any(
     threads: int | None = None,
     precision: str = "auto",
 ):
-    """An export directory (ONNX Runtime, no torch) or a run directory (`charrnn.load`, which
-    imports torch only then): what `charrnn generate` and `charrnn serve` accept. `threads`: the compute
-    threads (ONNX Runtime's intra-op pool, or torch's); None leaves the library's default (the cores)."""
+    """An export directory (ONNX Runtime, no torch) or a run directory (`charrnn.load`: without torch
+    where the step kernels run it): what `charrnn generate` and `charrnn serve` accept. `threads`: the
+    compute threads (ONNX Runtime's intra-op pool, the step kernels' or torch's); None leaves the default
+    (the cores)."""
     if is_export(path):
         if checkpoint or device != GENERATION_DEVICE or precision not in ("auto", "fp32"):
             raise CharRNNError(
                 f"{path} is an export (fp32 ONNX): --checkpoint, --device and --precision apply to run directories only"
             )
         return load_export(path, threads)
-    if threads:
-        import torch
+    from charrnn.generation.runs import load as load_run
 
-        torch.set_num_threads(threads)
-    from charrnn.generation.torch_model import load as load_run
-
-    return load_run(path, checkpoint=checkpoint, device=device, precision=precision)
+    return load_run(path, checkpoint=checkpoint, device=device, precision=precision, threads=threads)

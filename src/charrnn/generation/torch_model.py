@@ -1,12 +1,13 @@
-"""The Python API for a trained model: `charrnn.load(RUN)` -> CharModel with generate / stream / evaluate.
+"""A trained model in PyTorch: CharModel with generate / stream / evaluate.
 
-The CLI (and the server) call exactly these methods. Generation primes each distinct prompt once, then
-samples all rows of the batch together, carrying the recurrent state one character at a time.
+`charrnn.load(RUN)` returns one where PyTorch computes the steps (not a GRU, CUDA, no C compiler), and
+loads one behind the torch-free model for evaluation (generation/runs.py); the CLI and the server call
+exactly these methods. Generation primes each distinct prompt once, then samples all rows of the batch
+together, carrying the recurrent state one character at a time.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -18,18 +19,17 @@ from charrnn.config import GENERATION_DEVICE, ModelConfig, TrainConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.generation import loop
-from charrnn.model import memory
+from charrnn.generation.described import Described
+from charrnn.model import arrays, memory
 from charrnn.model import scoring as evaluation
 from charrnn.model.network import CharRNN
 from charrnn.model.precision import generation_dtype, precision_name, resolve_device, resolve_precision
 from charrnn.model.scoring import Protocols
 from charrnn.model.stepper import Stepper
-from charrnn.model.summary import count_parameters
-from charrnn.model.weights import load_run_checkpoint
-from charrnn.storage.run import epoch_record, load_config
+from charrnn.model.weights import network
 
 
-class CharModel(loop.Generator):
+class CharModel(Described, loop.Generator):
     """A trained model with its vocabulary, ready to generate."""
 
     def __init__(
@@ -42,7 +42,7 @@ class CharModel(loop.Generator):
         precision: str = "auto",
         checkpoint: dict[str, Any] | None = None,
     ):
-        """`checkpoint`: the weight file loaded, {"file", "epoch", "step"} (weights.load_run_checkpoint)."""
+        """`checkpoint`: the weight file loaded, {"file", "epoch", "step"} (arrays.RunArrays.checkpoint)."""
         self.model = model.eval()
         resolve_precision(precision, self.device, generation=True)  # validates
         self.precision = precision
@@ -56,27 +56,6 @@ class CharModel(loop.Generator):
     @property
     def device(self) -> torch.device:
         return self.model.dense.weight.device
-
-    def describe(self) -> dict[str, Any]:
-        """Architecture, vocabulary, parameters, the checkpoint loaded and the metrics of its last epoch."""
-        return {
-            "vocab_size": len(self.vocab),
-            "cell": self.config.cell,
-            "num_layers": self.config.num_layers,
-            "embedding_size": self.config.embedding_size,
-            "hidden_size": self.config.hidden_size,
-            "parameters": count_parameters(self.model),
-            "corpus": self.corpus,
-            "checkpoint": self.checkpoint,
-            "last_epoch": self.last_epoch,
-        }
-
-    @functools.cached_property
-    def last_epoch(self) -> dict[str, Any] | None:
-        """metrics.jsonl's record of the epoch the loaded weights finished, read once: epochs the run trains
-        on after them describe other weights."""
-        step = (self.checkpoint or {}).get("step")
-        return epoch_record(self.run_dir, step) if self.run_dir and step is not None else None
 
     # -- generation ---------------------------------------------------------------------------------
     def dtype_for(self, batch: int) -> torch.dtype:
@@ -167,17 +146,24 @@ class TorchBackend:
 
 
 def load(
-    run_dir: str | Path, checkpoint: str | None = None, device: str = GENERATION_DEVICE, precision: str = "auto"
+    run_dir: str | Path,
+    checkpoint: str | None = None,
+    device: str = GENERATION_DEVICE,
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> CharModel:
-    """Load a run directory for generation. checkpoint: 'best', 'latest' or None (best if it exists).
-    precision: 'fp32', 'bf16', 'int8' (quantised, CPU), or 'auto' (int8 where AVX512-VNNI runs the step
-    kernels, else bf16 where this hardware has it natively and it pays at the batch size, else fp32)."""
-    run_dir = Path(run_dir)
-    config = load_config(run_dir)[0]  # checked first: its model may be larger than this machine
-    memory.check(
-        memory.parameter_count(config) * memory.FLOAT_BYTES,
-        f"the model of {run_dir / 'config.json'}, {memory.describe(config)},",
-        "load it on a machine with more memory, or train a smaller one",
-    )
-    model, vocab, _, train_config, corpus, loaded = load_run_checkpoint(run_dir, checkpoint, resolve_device(device))
-    return CharModel(model, vocab, train_config, corpus, run_dir, precision, loaded)
+    """Load a run directory for generation with PyTorch (`charrnn.load` steps a GRU on the CPU without it:
+    generation/runs.py, which documents the arguments)."""
+    device = resolve_device(device)
+    return from_arrays(arrays.load_run(Path(run_dir), checkpoint), Path(run_dir), device, precision, threads)
+
+
+def from_arrays(
+    run: arrays.RunArrays, run_dir: Path, device: str | torch.device, precision: str, threads: int | None = None
+) -> CharModel:
+    """The CharModel of a run arrays.load_run has read and checked; `threads` (None: PyTorch's default, the
+    cores) sets PyTorch's compute threads, for the whole process."""
+    if threads:
+        torch.set_num_threads(threads)
+    model = network(run, device)
+    return CharModel(model, run.vocab, run.train_config, run.corpus, run_dir, precision, run.checkpoint)

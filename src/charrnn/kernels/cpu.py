@@ -11,6 +11,7 @@ torch version, like the compiled kernels, so later runs pay one file read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,15 +40,16 @@ if packed is not None:
 _amx_usable: bool | None = None
 
 
-def cpu_flags() -> set[str]:
+@functools.cache  # asked at every generation's precision choice; /proc/cpuinfo grows with the cores
+def cpu_flags() -> frozenset[str]:
     """The kernel's cpuid flags (empty where /proc/cpuinfo does not exist)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
+                return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def cpu_model() -> str:
@@ -61,7 +63,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _verdict_path(flags: set[str]) -> Path:
+def _verdict_path(flags: frozenset[str]) -> Path:
     from importlib.metadata import version
 
     from charrnn.storage.files import cache_dir
@@ -81,7 +83,7 @@ def _probe() -> bool | None:
     return True if result.returncode == 0 else False if result.returncode < 0 else None
 
 
-def _needs_verdict(flags: set[str]) -> bool:
+def _needs_verdict(flags: frozenset[str]) -> bool:
     # AMX advertised, and the user has not chosen oneDNN's ISA themselves.
     return "amx_tile" in flags and not any(os.environ.get(v) for v in ISA_VARIABLES)
 

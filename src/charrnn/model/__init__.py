@@ -1,2 +1,2 @@
 """The network (Embedding -> GRU/LSTM/RNN -> Dense), the device-and-precision policy, the one-character
-stepper, scoring, weights on disk and the summary."""
+stepper, scoring, a run read without PyTorch, weights on disk and the summary."""

@@ -12,6 +12,7 @@ numpy and the standard library only: generation.loop and the ONNX runtime use it
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 
@@ -60,13 +61,30 @@ def check(needed: int, what: str, fix: str) -> None:
         )
 
 
+GATES = {"gru": 3, "lstm": 4, "rnn": 1}  # weight rows per hidden unit
+
+
+def tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """CharRNN's state_dict names and shapes for `config`, known without building it: what a weight file
+    must hold, what the step kernels pack, and what the memory checks count."""
+    rows, hidden = GATES[config.cell] * config.hidden_size, config.hidden_size
+    shapes = {"embedding.weight": (config.vocab_size, config.embedding_size)}
+    for layer in range(config.num_layers):
+        inputs = config.embedding_size if layer == 0 else hidden
+        shapes |= {
+            f"rnn.weight_ih_l{layer}": (rows, inputs),
+            f"rnn.weight_hh_l{layer}": (rows, hidden),
+            f"rnn.bias_ih_l{layer}": (rows,),
+            f"rnn.bias_hh_l{layer}": (rows,),
+        }
+    return shapes | {"dense.weight": (config.vocab_size, hidden), "dense.bias": (config.vocab_size,)}
+
+
 def parameter_counts(config: ModelConfig) -> tuple[int, int, int]:
-    """CharRNN's parameters (embedding, recurrent layers, dense), computed from the config without building it."""
-    gates = {"gru": 3, "lstm": 4, "rnn": 1}[config.cell] * config.hidden_size
-    # Per layer: the input and recurrent weights and their two biases; later layers' inputs are hidden_size wide.
-    first = gates * (config.embedding_size + config.hidden_size + 2)
-    recurrent = first + (config.num_layers - 1) * gates * (2 * config.hidden_size + 2)
-    return config.vocab_size * config.embedding_size, recurrent, (config.hidden_size + 1) * config.vocab_size
+    """Parameters of the embedding, the recurrent layers and the dense layer."""
+    sizes = {name: math.prod(shape) for name, shape in tensor_shapes(config).items()}
+    embedding, dense = sizes.pop("embedding.weight"), sizes.pop("dense.weight") + sizes.pop("dense.bias")
+    return embedding, sum(sizes.values()), dense
 
 
 def parameter_count(config: ModelConfig) -> int:

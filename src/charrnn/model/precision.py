@@ -1,8 +1,9 @@
 """Device and precision: the one place that decides them, for training and for generation.
 
 Training's `auto`: bf16 where its matrix products beat fp32 (AMX tiles on CPU, bf16 tensor cores on
-CUDA), else fp32. Generation's `auto`: int8 where AVX512-VNNI runs the step kernels, else bf16 where the
-CPU does bf16 natively (AVX512-BF16 or AMX) and the batch is large enough to gain from it, else fp32.
+CUDA), else fp32. Generation's `auto` is kernels/native.py's rule (int8 where AVX512-VNNI runs the step
+kernels, else bf16 where the device does bf16 natively and the batch gains from it, else fp32), which the
+torch-free path follows too; here it is given the PyTorch model's device.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from charrnn.config import GENERATION_PRECISIONS, PRECISIONS
+from charrnn.config import PRECISIONS
 from charrnn.errors import CharRNNError
-from charrnn.kernels import cpu
+from charrnn.kernels import cpu, native
 from charrnn.kernels import step as stepkernels
 
 if TYPE_CHECKING:
@@ -24,11 +25,7 @@ def bf16_native(device: torch.device) -> bool:
     """Whether bf16 matrix products are fast here (AVX512-BF16/AMX on CPU, bf16 tensor cores on CUDA)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-
-    def supported(name):
-        return getattr(torch.cpu, name, lambda: False)()
-
-    return supported("_is_avx512_bf16_supported") or (supported("_is_amx_tile_supported") and cpu.amx_usable())
+    return native.bf16_native_cpu()
 
 
 def bf16_trains_faster(device: torch.device) -> bool:
@@ -40,54 +37,36 @@ def bf16_trains_faster(device: torch.device) -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and cpu.amx_usable()
 
 
-def int8_native(device: torch.device) -> bool:
-    """Whether generation's int8 step kernels run at full speed here: AVX512-VNNI integer dot products."""
-    return device.type == "cpu" and "avx512_vnni" in cpu.cpu_flags() and stepkernels.usable(torch.int8)
-
-
 def steps_on_kernels(model: CharRNN, dtype: torch.dtype) -> bool:
     """Whether generation steps `model` in `dtype` through the step kernels: a GRU on CPU, with them built."""
     return model.config.cell == "gru" and model.dense.weight.device.type == "cpu" and stepkernels.usable(dtype)
 
 
-# With precision "auto" and no step kernels (no C compiler; CUDA), batches at least this large generate
-# with bf16 where the hardware has native bf16: below it, PyTorch's bf16 products cost more than fp32's.
-BF16_MIN_BATCH = 8
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
 
 
 def generation_dtype(name: str, model: CharRNN, batch: int) -> torch.dtype:
-    """The matrix-product dtype that generates a batch of `batch` rows of `model` with precision `name`."""
+    """The matrix-product dtype that generates a batch of `batch` rows of `model` with precision `name`:
+    kernels/native.py's rule, the one the torch-free path follows too."""
     device = model.dense.weight.device
-    if name != "auto":
-        return resolve_precision(name, device, generation=True)
-    # Measured (bench/speed.py): with VNNI, int8 is the fastest at every batch size (batch 1 reads a
-    # quarter of fp32's bytes, batch 64 does 4x the multiply-adds per instruction) and moves the
-    # validation loss by 5e-5 nats/char; then bf16 where native, which reads half of fp32's bytes at batch 1.
-    if int8_native(device):
-        return torch.int8
-    if not bf16_native(device):
-        return torch.float32
-    fast = steps_on_kernels(model, torch.bfloat16) or batch >= BF16_MIN_BATCH
-    return torch.bfloat16 if fast else torch.float32
+    native.check_generation_precision(name, device.type == "cpu")
+    on_kernels = steps_on_kernels(model, torch.float32)
+    return DTYPES[native.generation_precision(name, batch, on_kernels, lambda: bf16_native(device))]
 
 
 def resolve_precision(name: str, device: torch.device, generation: bool = False) -> torch.dtype:
     """Training's dtype for `name` (auto: bf16 where it trains faster, else fp32), or with `generation`
     the check of a generation precision, which also allows int8 (generation_dtype decides auto per batch)."""
-    allowed = GENERATION_PRECISIONS if generation else PRECISIONS
-    if name not in allowed:
-        raise CharRNNError(f"precision must be one of {', '.join(allowed)}; got {name!r}")
+    if generation:
+        native.check_generation_precision(name, device.type == "cpu")
+        if name != "auto":
+            return DTYPES[name]
+        return torch.bfloat16 if bf16_native(device) else torch.float32
+    if name not in PRECISIONS:
+        raise CharRNNError(f"precision must be one of {', '.join(PRECISIONS)}; got {name!r}")
     if name == "auto":
-        native = bf16_native(device) if generation else bf16_trains_faster(device)
-        return torch.bfloat16 if native else torch.float32
-    if name == "int8":
-        if device.type != "cpu" or not stepkernels.usable(torch.int8):
-            raise CharRNNError(
-                "precision int8 runs on the CPU step kernels, which need a C compiler (gcc) here; "
-                "use --precision bf16 or fp32"
-            )
-        return torch.int8
-    return torch.bfloat16 if name == "bf16" else torch.float32
+        return torch.bfloat16 if bf16_trains_faster(device) else torch.float32
+    return DTYPES[name]
 
 
 def precision_name(dtype: torch.dtype) -> str:

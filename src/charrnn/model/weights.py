@@ -1,29 +1,27 @@
-"""Weights and trainer state on disk: safetensors files and the resumable trainer state, each checked when read.
+"""Weights and trainer state on disk: safetensors files written, the resumable trainer state, each checked
+when read.
 
 Weight files and the trainer state carry a SHA-256 of their tensors, so flipped bytes are an error that
-names the file, never a silently different model; NaN or infinite weights (a diverged training, which
-hashes fine) are refused too. `load_run` builds the network from a run folder, checking its vocab.json
-against the SHA-256 config.json records.
+names the file, never a silently different model. `load_run` builds the network from a run folder that
+arrays.load_run has read and checked (the same reader as generation without PyTorch).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError
+from charrnn.model import arrays
 from charrnn.model.network import CharRNN
 from charrnn.storage import formats
 from charrnn.storage.files import atomic_write_bytes
-from charrnn.storage.run import CONFIG, TRAINER_STATE, VOCAB, checkpoint_path, load_config, load_vocab_sha256
+from charrnn.storage.run import TRAINER_STATE
 
 WEIGHTS_FORMAT_VERSION = 1
 
@@ -32,13 +30,12 @@ TRAINER_STATE_FORMAT_VERSION = 1
 
 
 def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """SHA-256 over names, dtypes, shapes and bytes of the tensors, in name order (arrays.sha256_of: the
+    torch-free reader computes the same digest from numpy arrays)."""
+    return arrays.sha256_of(
+        (name, str(t.dtype), tuple(t.shape), t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        for name, t in tensors.items()
+    )
 
 
 def save_weights(path: Path, model: torch.nn.Module, **meta: Any) -> None:
@@ -51,59 +48,6 @@ def save_weights(path: Path, model: torch.nn.Module, **meta: Any) -> None:
     # Serialised in memory, then written by Python: a full disk is then an OSError with its errno, which
     # the caller can name, instead of whatever the library's writer reports.
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=metadata))
-
-
-def load_weights(path: Path, model: torch.nn.Module) -> dict[str, int]:
-    """Load the weights at `path` into `model`; returns where they are in their training (`position`)."""
-    fix = "use the other checkpoint (--checkpoint best|latest), resume training, or retrain"
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except FileNotFoundError:
-        raise CharRNNError(f"{path} is missing; {fix}") from None
-    except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
-        raise CharRNNError(
-            f"{path} is damaged ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); {fix}"
-        ) from None
-    recorded = metadata.get("tensors_sha256")
-    if recorded is not None and recorded != tensors_sha256(tensors):
-        raise CharRNNError(
-            f"{path} is damaged (its tensors do not match the SHA-256 recorded when it was written); {fix}"
-        )
-    check_finite(tensors, path, fix)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CharRNNError(f"{path} does not match the run's config.json: {first}") from None
-    return position(metadata)
-
-
-def position(metadata: dict[str, str]) -> dict[str, int]:
-    """The epoch and step a weight file records (save_weights's JSON values); what it does not record, or
-    records as something else than a whole number, is left out."""
-    found = {}
-    for key in ("epoch", "step"):
-        try:
-            value = json.loads(metadata.get(key, "null"))
-        except ValueError:
-            continue
-        if isinstance(value, int) and not isinstance(value, bool):
-            found[key] = value
-    return found
-
-
-def check_finite(tensors: dict[str, torch.Tensor], path: Path, fix: str) -> None:
-    """Refuse NaN or infinite weights: such a model loads and runs, but writes one character forever.
-    A diverged training writes them with a valid SHA-256, so the hash cannot catch them."""
-    for name in sorted(tensors):
-        tensor = tensors[name]
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CharRNNError(
-                f"{path}: tensor {name} holds NaN or infinite values (the training diverged, or the file is "
-                f"damaged); {fix}"
-            )
 
 
 def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
@@ -187,22 +131,14 @@ def _check_optimizer(optimizer: dict[str, Any], params: list[torch.Tensor], path
 
 
 def load_run(run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu"):
-    """(model in eval mode, vocab, model config, train config, corpus info) from a run directory."""
-    return load_run_checkpoint(run_dir, checkpoint, device)[:5]
+    """(model in eval mode, vocab, model config, train config, corpus info) from a run directory, every
+    file read and checked by arrays.load_run (the torch-free path's reader too)."""
+    run = arrays.load_run(run_dir, checkpoint)
+    return network(run, device), run.vocab, run.model_config, run.train_config, run.corpus
 
 
-def load_run_checkpoint(run_dir: Path, checkpoint: str | None = None, device: str | torch.device = "cpu"):
-    """load_run's five, then the weight file loaded: {"file": its name, "epoch", "step"} (what it records)."""
-    run_dir = Path(run_dir)
-    model_config, train_config, corpus = load_config(run_dir)
-    vocab = Vocab.load(run_dir / VOCAB, "restore it from a backup, or retrain")
-    if len(vocab) != model_config.vocab_size:
-        raise CharRNNError(
-            f"{run_dir}/{VOCAB} has {len(vocab)} characters but config.json says {model_config.vocab_size}; "
-            "restore the run's own vocab.json"
-        )
-    vocab.check_sha256(load_vocab_sha256(run_dir), run_dir / VOCAB, CONFIG, "restore the run's own vocab.json")
-    model = CharRNN(model_config)
-    path = checkpoint_path(run_dir, checkpoint)
-    loaded = {"file": path.name, **load_weights(path, model)}
-    return model.to(device).eval(), vocab, model_config, train_config, corpus, loaded
+def network(run: arrays.RunArrays, device: str | torch.device = "cpu") -> CharRNN:
+    """The network holding a run's checked weights, in eval mode on `device`."""
+    model = CharRNN(run.model_config)
+    model.load_state_dict({name: torch.from_numpy(values) for name, values in run.arrays.items()}, strict=True)
+    return model.to(device).eval()
