@@ -35,14 +35,8 @@ class OnnxBackend:
         return tuple(self.session.run(None, {"ids": ids, "state": state}))  # (logits, new_state)
 
     def prime(self, prompts: list[np.ndarray], num_samples: int):
-        logits, states = [], []
-        for ids in prompts:
-            state = np.zeros((self.state_layers, 1, self.hidden), dtype=np.float32)
-            for piece in loop.pieces(ids):  # the state carried: memory stays flat in the prompt's length
-                out, state = self._run(piece.astype(np.int64)[None], state)
-            logits.append(np.repeat(out, num_samples, axis=0))
-            states.append(np.repeat(state, num_samples, axis=1))
-        return np.concatenate(logits), np.ascontiguousarray(np.concatenate(states, axis=1))
+        shape = (self.state_layers, self.hidden)
+        return loop.prime_in_pieces(prompts, num_samples, shape, lambda ids, state: self._run(ids[None], state))
 
     def step(self, ids: np.ndarray, state: np.ndarray):
         return self._run(ids.astype(np.int64)[:, None], state)

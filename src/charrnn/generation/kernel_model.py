@@ -103,17 +103,7 @@ class KernelBackend:
 
     def prime(self, prompts: list[np.ndarray], num_samples: int):
         config = self.weights.config
-        logits, states = [], []
-        for ids in prompts:
-            state = np.zeros((config.num_layers, 1, config.hidden_size), dtype=np.float32)
-            for piece in loop.pieces(ids):  # the state carried: memory stays flat in the prompt's length
-                out, state = self._prime_piece(np.asarray(piece, dtype=np.int64), state)
-            logits.append(np.repeat(out, num_samples, axis=0))  # (num_samples, vocab)
-            states.append(np.repeat(state, num_samples, axis=1))  # (layers, num_samples, hidden)
-        with memory.allocating(
-            f"the recurrent state of {len(prompts) * num_samples:,} samples", "lower --num-samples (num_samples)"
-        ):
-            return np.concatenate(logits), np.ascontiguousarray(np.concatenate(states, axis=1))
+        return loop.prime_in_pieces(prompts, num_samples, (config.num_layers, config.hidden_size), self._prime_piece)
 
     def _prime_piece(self, ids: np.ndarray, state: np.ndarray):
         """One piece of a prompt at batch 1, layer by layer as forward() runs outside training; only the

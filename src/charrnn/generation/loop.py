@@ -7,7 +7,7 @@ argument checks, the random stream and sampling. So `charrnn.load(RUN)` and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from numbers import Integral
 from typing import Any, Protocol
 
@@ -51,6 +51,29 @@ def pieces(ids: np.ndarray) -> list[np.ndarray]:
     count = max(1, len(ids) // PRIME_PIECE)
     bounds = [i * PRIME_PIECE for i in range(count)] + [len(ids)]
     return [ids[start:end] for start, end in zip(bounds, bounds[1:])]
+
+
+def prime_in_pieces(
+    prompts: list[np.ndarray],
+    num_samples: int,
+    state_shape: tuple[int, int],
+    prime_piece: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backend.prime for a numpy backend: each prompt from a zero state (layers, 1, hidden) of
+    `state_shape` (layers, hidden), through `prime_piece(ids (time,) int64, state) -> (logits (1, vocab),
+    state)` piece by piece with the state carried, so memory stays flat in the prompt's length; then each
+    prompt's logits and state repeated for its `num_samples` rows."""
+    logits, states = [], []
+    for ids in prompts:
+        state = np.zeros((state_shape[0], 1, state_shape[1]), dtype=np.float32)
+        for piece in pieces(ids):
+            out, state = prime_piece(piece.astype(np.int64), state)
+        logits.append(np.repeat(out, num_samples, axis=0))  # (num_samples, vocab)
+        states.append(np.repeat(state, num_samples, axis=1))  # (layers, num_samples, hidden)
+    with memory.allocating(
+        f"the recurrent state of {len(prompts) * num_samples:,} samples", "lower --num-samples (num_samples)"
+    ):
+        return np.concatenate(logits), np.ascontiguousarray(np.concatenate(states, axis=1))
 
 
 def prompt_ids(vocab: Vocab, prompt: str, drop_unknown: bool) -> tuple[np.ndarray, bool]:
