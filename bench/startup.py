@@ -4,7 +4,7 @@
     python bench/startup.py runs/shakespeare --repeats 20 --precision fp32
 
 For a GRU on the CPU, `charrnn generate` and `charrnn.load` step the C kernels without importing PyTorch
-(generation/runs.py); CHARRNN_TORCH_GENERATION=1 makes them load the PyTorch model, as before. Measured,
+(generation/runs.py); CHARRNN_TORCH_GENERATION=1 makes them load the PyTorch model instead. Measured,
 each as the median of --repeats fresh processes after one warm-up run (which builds the step kernels
 into the cache if needed, and brings the files into the page cache):
 
