@@ -1,23 +1,27 @@
-"""Quality within a wall-clock budget: train a preset on Shakespeare (--val-fraction 0.1) and score its best
-(averaged, where the preset averages) weights at each minute mark under the three evaluation protocols
-(src/charrnn/model/scoring.py), beside nanoGPT's figure and the goals (TARGETS); then the same preset on a
-second corpus at a shorter budget.
+"""Quality within a wall-clock budget: train a recipe on Shakespeare (--val-fraction 0.1) and score its best
+(averaged) weights under the three evaluation protocols (src/charrnn/model/scoring.py), beside nanoGPT's
+figure and the goals (TARGETS); then the recipe and the tutorial's default on three more corpora.
 
-    python bench/quality.py --preset shakespeare-30min-stateful --minutes 30 --checkpoints 10,30
-    python bench/quality.py --preset shakespeare-30min --minutes 10 --checkpoints 10 --other-minutes 0
-    python bench/quality.py --minutes 5 --checkpoints 5 --flags "--hidden 256" --windows 640   # quick look
+    python bench/quality.py --minutes 1,3,10,30 --other-minutes 10          # the recipe (--preset auto)
+    python bench/quality.py --preset shakespeare-30min-stateful --minutes 30 --checkpoints 10,30 --other-minutes 0
+    python bench/quality.py --minutes 3 --corpora python --other-minutes 3 --windows 640   # quick look
 
 How the budget is counted. Training runs as `charrnn train` does for a user, validating once per epoch,
 and that validation is inside the budget (`--max-minutes` limits training plus validation time; starting
-the process and preparing the text are not counted). At each mark the run stops (max-minutes = the
-mark), its best.safetensors is scored here under all three protocols, and the run is resumed to the
-next mark: resume is exact, so the later marks are those of one uninterrupted run. The scoring at the
-marks is NOT counted in the budget (it is the measurement, like nanoGPT's own estimate_loss runs).
+the process, preparing the text and the recipe's measurements are not counted). The recipe plans for its
+budget, so each of --minutes is a run of its own. A fixed preset is one run of the longest budget: at each
+mark of --checkpoints it stops, its best.safetensors is scored, and it is resumed (exactly) to the next.
+The scoring is NOT counted in the budget (it is the measurement, like nanoGPT's own estimate_loss runs).
 
-The validation text scored at the marks is nanoGPT's split, text[int(0.9 n):] (charrnn's own split
-holds out round(0.1 n) characters: the same text to one character). The second corpus is the Vim user
-manual (/usr/share/vim/vim*/doc/usr_*.txt, about 640 KB of English prose, package vim-runtime),
-concatenated in name order into a temporary file; nothing is downloaded or committed.
+The validation text scored is nanoGPT's split, text[int(0.9 n):] (charrnn's own split holds out
+round(0.1 n) characters: the same text to one character). The other corpora are built in a temporary
+folder from files on this machine; nothing is committed:
+  vim      the Vim user manual (/usr/share/vim/vim*/doc/usr_*.txt, ~640 KB of English prose, vim-runtime);
+  chinese  Debian's fortunes-zh (Chinese verse and sayings, ~1.1M characters, ~6,000 distinct), taken
+           from /usr/share/games/fortunes when installed, else fetched with `apt-get download`;
+  python   the Python standard library's sources (/usr/lib/python3.*/**/*.py, ~11 MB of code).
+On each, the recipe is compared with the tutorial's default (--preset tutorial: one GRU of 1024, Adam 1e-3,
+batch 64 x 100) at the same budget and split.
 Figures depend on the machine and on what else runs on it: run it on a quiet machine.
 """
 
@@ -41,7 +45,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 NANOGPT = 1.4697  # nanoGPT shakespeare_char val loss (6-layer GPT, A100, ~3 min): the windows protocol
-TARGETS = {"windows": 1.40, "stateful": 1.37}  # nats/char within 30 minutes on a 2-core CPU
+# nats/char within each budget (minutes) on a 2-core CPU
+TARGETS = {30: {"windows": 1.40, "stateful": 1.37}, 10: {"windows": 1.42}, 3: {"windows": 1.47}, 1: {"windows": 1.53}}
 PROTOCOLS = ("chunks", "stateful", "windows")
 
 
@@ -52,13 +57,40 @@ def shakespeare_path() -> Path:
     sys.exit("shakespeare.txt not found: set CHARRNN_DATA_DIR to the folder that holds it")
 
 
-def build_other_corpus(folder: Path) -> Path | None:
+def vim_corpus(folder: Path) -> Path | None:
     files = sorted(glob.glob("/usr/share/vim/vim*/doc/usr_*.txt"))
     if not files:
         return None
     path = folder / "vim-user-manual.txt"
     path.write_text("".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files), encoding="utf-8")
     return path
+
+
+def chinese_corpus(folder: Path) -> Path | None:
+    names = ("chinese", "tang300", "song100")
+    where = Path("/usr/share/games/fortunes")
+    if not (where / names[0]).is_file():
+        fetched = subprocess.run(["apt-get", "download", "fortunes-zh"], cwd=folder, capture_output=True)
+        debs = sorted(folder.glob("fortunes-zh_*.deb"))
+        if fetched.returncode != 0 or not debs:
+            return None
+        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(folder / "deb")], check=True)
+        where = folder / "deb" / "usr/share/games/fortunes"
+    path = folder / "fortunes-zh.txt"
+    path.write_text("".join((where / n).read_text(encoding="utf-8") for n in names), encoding="utf-8")
+    return path
+
+
+def python_corpus(folder: Path) -> Path | None:
+    files = sorted(glob.glob("/usr/lib/python3.*/**/*.py", recursive=True))
+    if not files:
+        return None
+    path = folder / "python-stdlib.txt"
+    path.write_text("".join(Path(f).read_text(encoding="utf-8", errors="replace") for f in files), encoding="utf-8")
+    return path
+
+
+CORPORA = {"vim": vim_corpus, "chinese": chinese_corpus, "python": python_corpus}
 
 
 def cpu_name() -> str:
@@ -71,7 +103,8 @@ def cpu_name() -> str:
 
 
 def train(run: Path, text: Path, minutes: float, preset: str | None, flags: str, first: bool) -> tuple[list[str], str]:
-    """Train (or resume) `run` until `minutes` of training time; returns (command, stderr)."""
+    """Train (or resume) `run` until `minutes` of training time; returns (command, stderr). `preset`: a
+    charrnn preset, "auto" for the recipe, or None for the tutorial's default recipe."""
     if first:
         command = [
             "charrnn",
@@ -80,8 +113,6 @@ def train(run: Path, text: Path, minutes: float, preset: str | None, flags: str,
             str(run),
             "--text",
             str(text),
-            "--val-fraction",
-            "0.1",
             "--max-minutes",
             f"{minutes:g}",
             "--checkpoint-every",
@@ -89,10 +120,10 @@ def train(run: Path, text: Path, minutes: float, preset: str | None, flags: str,
             "--tensorboard",
             "off",
         ]
-        # A preset plans its own epochs (its learning-rate schedule depends on them); the default recipe
-        # gets enough epochs to fill the budget.
-        command += ["--preset", preset] if preset else ["--epochs", "1000"]
-        command += shlex.split(flags)
+        # A preset plans its own epochs (its learning-rate schedule depends on them); the tutorial's
+        # default gets enough epochs to fill the budget.
+        command += ["--preset", preset] if preset else ["--preset", "tutorial", "--epochs", "1000"]
+        command += ["--val-fraction", "0.1", *shlex.split(flags)]
     else:
         command = ["charrnn", "train", "--resume", str(run), "--max-minutes", f"{minutes:g}"]
     result = subprocess.run(
@@ -118,7 +149,8 @@ def score(run: Path, text: Path, windows: int) -> dict[str, float]:
 
 def bench(
     name: str, text: Path, marks: list[float], preset: str | None, flags: str, windows: int, keep: Path | None
-) -> None:
+) -> list[dict[str, float]]:
+    """Train `preset` on `text`, score it at each mark; prints the table and returns the losses per mark."""
     with tempfile.TemporaryDirectory() as tmp:
         run = (keep / name) if keep else Path(tmp) / "run"
         if run.exists():
@@ -139,62 +171,85 @@ def bench(
             rows.append((mark, losses, best, epochs[-1] if epochs else {}, time.time() - began, finished))
         config = json.loads((run / "config.json").read_text())
     print(f"\n== {name}: {text.name} ({config['corpus']['chars']:,} characters), validation text[int(0.9 n):] ==")
-    print("command:", " ".join(shlex.quote(c) for c in command).replace(str(run), "RUN"))
+    print("command:", " ".join(shlex.quote(c) for c in command).replace(str(run), "RUN").replace(str(text), "TEXT"))
     print(f"model {config['model']}")
     print(f"train {json.dumps({k: v for k, v in config['train'].items() if k not in ('text',)})}")
+    if config.get("plan"):
+        print(f"plan {json.dumps(config['plan'])}")
     print(
         f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}; "
         f"wall {(time.time() - started) / 60:.1f} min in all"
     )
-    header = f"{'budget':>7}{'chunks':>9}{'stateful':>10}{'windows':>9}   {'best epoch':>10}{'step':>7}{'ms/step':>9}  {'val criterion':<14}{'scoring s':>10}"
+    header = f"{'budget':>7}{'chunks':>9}{'stateful':>10}{'windows':>9}   {'best epoch':>10}{'step':>7}{'best at':>9}{'ms/step':>9}  {'val criterion':<14}{'scoring s':>10}"
     print(header)
     for mark, losses, best, last, seconds, finished in rows:
         stop = " (run had stopped)" if finished else ""
+        where = best.get("elapsed", float("nan")) / (60 * mark)  # of the budget, when the best was scored
         print(
             f"{mark:5g} m{losses['chunks']:9.4f}{losses['stateful']:10.4f}{losses['windows']:9.4f}   "
-            f"{best.get('epoch', '-'):>10}{best.get('step', '-'):>7}{last.get('ms_per_step', float('nan')):9.0f}  "
+            f"{best.get('epoch', '-'):>10}{best.get('step', '-'):>7}{100 * where:8.0f}%{last.get('ms_per_step', float('nan')):9.0f}  "
             f"{best.get('val_protocol', 'chunks'):<14}{seconds:10.0f}{stop}"
         )
-    final = rows[-1][1]
-    if name != "shakespeare":
-        return  # nanoGPT's figure and the targets are Shakespeare's
+    return [r[1] for r in rows]
+
+
+def verdict(losses: dict[str, float], minutes: float) -> None:
     print(
-        f"nanoGPT (windows protocol): {NANOGPT:.4f}; bits/char at the last mark: "
-        + ", ".join(f"{p} {final[p] / math.log(2):.4f}" for p in PROTOCOLS)
+        f"nanoGPT (windows protocol): {NANOGPT:.4f}; bits/char: "
+        + ", ".join(f"{p} {losses[p] / math.log(2):.4f}" for p in PROTOCOLS)
     )
-    for protocol, target in TARGETS.items():
-        verdict = "met" if final[protocol] <= target else f"missed by {final[protocol] - target:.4f}"
-        print(f"target {protocol} <= {target:.2f}: {final[protocol]:.4f} ({verdict})")
+    for protocol, target in TARGETS.get(minutes, {}).items():
+        result = "met" if losses[protocol] <= target else f"missed by {losses[protocol] - target:.4f}"
+        print(f"target at {minutes:g} minutes: {protocol} <= {target:.2f}: {losses[protocol]:.4f} ({result})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", help="a charrnn preset (default: the default recipe)")
-    parser.add_argument("--minutes", type=float, default=30.0, help="the Shakespeare budget (default 30)")
-    parser.add_argument("--checkpoints", default="10,30", help="minute marks scored (default 10,30; <= --minutes)")
+    parser.add_argument("--preset", default="auto", help="a charrnn preset (default: auto, the recipe)")
+    parser.add_argument("--minutes", default="30", help="Shakespeare budgets, comma-separated (default 30)")
+    parser.add_argument("--checkpoints", default="", help="a fixed preset: minute marks scored within its run")
     parser.add_argument(
-        "--other-minutes", type=float, default=10.0, help="budget on the second corpus (default 10; 0 = skip it)"
+        "--other-minutes", type=float, default=10.0, help="budget on the other corpora (default 10; 0 = skip them)"
     )
+    parser.add_argument("--corpora", default="vim,chinese,python", help=f"other corpora: {', '.join(CORPORA)}")
     parser.add_argument("--flags", default="", help="extra `charrnn train` flags, quoted")
     parser.add_argument(
         "--windows", type=int, default=12_800, help="windows protocol: windows scored (default 200 x 64)"
     )
     parser.add_argument("--run", type=Path, help="keep the runs in this folder (default: temporary)")
     args = parser.parse_args()
-    marks = sorted({float(m) for m in args.checkpoints.split(",") if m.strip()} | {args.minutes})
-    marks = [m for m in marks if m <= args.minutes]
+    budgets = sorted(float(m) for m in args.minutes.split(",") if m.strip())
     if args.run:
         args.run.mkdir(parents=True, exist_ok=True)
-    bench("shakespeare", shakespeare_path(), marks, args.preset, args.flags, args.windows, args.run)
-    if args.other_minutes > 0:
+    text = shakespeare_path()
+    if args.preset == "auto":  # the recipe plans for its budget: one run per budget
+        for minutes in budgets:
+            verdict(
+                bench(f"shakespeare-{minutes:g}min", text, [minutes], "auto", args.flags, args.windows, args.run)[0],
+                minutes,
+            )
+    elif budgets:
+        marks = sorted({float(m) for m in args.checkpoints.split(",") if m.strip()} | {budgets[-1]})
+        losses = bench("shakespeare", text, marks, args.preset, args.flags, args.windows, args.run)
+        for mark, scored in zip(marks, losses):
+            verdict(scored, mark)
+    if args.other_minutes <= 0:
+        return
+    for corpus in [c.strip() for c in args.corpora.split(",") if c.strip()]:
         with tempfile.TemporaryDirectory() as tmp:
-            other = build_other_corpus(Path(tmp))
-            if other is None:
-                print(
-                    "\nsecond corpus skipped: the Vim user manual (/usr/share/vim/vim*/doc/usr_*.txt) is not installed"
+            path = CORPORA[corpus](Path(tmp))
+            if path is None:
+                print(f"\n{corpus} skipped: its files are not on this machine (see the doc above)")
+                continue
+            minutes = [args.other_minutes]
+            recipe = bench(f"{corpus}-{args.preset}", path, minutes, args.preset, args.flags, args.windows, args.run)[0]
+            default = bench(f"{corpus}-default", path, minutes, None, "", args.windows, args.run)[0]
+            print(
+                f"{corpus}, {args.other_minutes:g} minutes, {args.preset} against the default: "
+                + ", ".join(
+                    f"{p} {recipe[p]:.4f} vs {default[p]:.4f} ({recipe[p] - default[p]:+.4f})" for p in PROTOCOLS
                 )
-                return
-            bench("vim-user-manual", other, [args.other_minutes], args.preset, args.flags, args.windows, args.run)
+            )
 
 
 if __name__ == "__main__":

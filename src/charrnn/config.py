@@ -118,6 +118,8 @@ class TrainConfig:
     val_also: str = ""  # more protocols scored every epoch, for the record: comma-separated, or "all"
     eval_windows: int = 12_800  # windows protocol: random windows scored (nanoGPT: 200 x 64)
     eval_window_len: int = 256  # windows protocol: characters per window (nanoGPT's block size)
+    fit_budget: bool = False  # with max_minutes: at each checkpoint, set max_steps (and so the schedule's end)
+    #                           to the steps the rest of the budget holds at the run's speed so far
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -106,7 +106,7 @@ def test_runs_and_exports_without_a_vocabulary_hash_still_load(tiny_run, tiny_ex
     shutil.copytree(tiny_run, run)
     shutil.copytree(tiny_export, out)
     config = json.loads((run / "config.json").read_text())
-    assert config["format_version"] == 2 and len(config.pop("vocab_sha256")) == 64
+    assert config["format_version"] == 3 and len(config.pop("vocab_sha256")) == 64
     (run / "config.json").write_text(json.dumps({**config, "format_version": 1}))
     meta = json.loads((out / "export.json").read_text())
     assert len(meta.pop("vocab_sha256")) == 64

@@ -253,22 +253,3 @@ def test_new_settings_round_trip_and_old_configs_still_load():
     with pytest.raises(CharRNNError, match="weight_drop"):
         ModelConfig(vocab_size=5, weight_drop=1.0)
     assert "stateful" not in preset("tutorial")[1]  # the tutorial keeps reset-per-sequence training
-
-
-# -- the size rule ------------------------------------------------------------------------------------
-def test_the_size_rule_picks_bigger_models_for_bigger_budgets_and_corpora():
-    from charrnn.model.summary import count_parameters
-    from charrnn.training.sizing import choose
-
-    def step_seconds(fields):  # a machine where a step costs 0.15 us per parameter
-        return 1.5e-7 * count_parameters(CharRNN(ModelConfig(vocab_size=65, **fields)))
-
-    def size(train_chars, minutes):
-        return choose(65, train_chars, 60 * minutes, 6400, step_seconds).parameters
-
-    assert size(1_000_000, 1) <= size(1_000_000, 10) <= size(1_000_000, 30) <= size(1_000_000, 600)
-    assert size(1_000_000, 1) < size(1_000_000, 600)
-    assert size(50_000, 600) < size(1_000_000, 600) <= size(100_000_000, 600)
-    assert size(1_000_000, 600) <= 3 * 1_000_000  # the corpus bound
-    tiny = choose(65, 1_000, 1, 6400, step_seconds)
-    assert tiny.model["hidden_size"] == 128 and "characters" in tiny.reason  # the smallest when nothing fits

@@ -29,7 +29,7 @@ def test_run_directory_is_complete(tiny_run):
     } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     config = json.loads((tiny_run / "config.json").read_text())
-    assert config["format_version"] == 2 and config["model"]["hidden_size"] == 32
+    assert config["format_version"] == 3 and config["model"]["hidden_size"] == 32
     lines = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in lines if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2] and epochs[1]["val_loss"] < epochs[0]["val_loss"]

@@ -21,7 +21,7 @@ from charrnn.config import (
     random_seed,
 )
 from charrnn.errors import CharRNNError
-from charrnn.training.presets import preset
+from charrnn.training.presets import AUTO, preset
 
 
 def _read_config_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -67,14 +67,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = from_dict(TrainConfig, {**preset_train, **file_train, **train_fields}, "train settings")
         run_dir = args.run or Path("runs") / _default_name(config.text)
         model = {**preset_model, **file_model, **model_fields}
-        from charrnn.training import distributed
+        plan = None
+        automatic = not (args.preset or model or config.init_from) and config.max_minutes > 0
+        if args.preset == AUTO or automatic:
+            # The recipe for the budget, measured on this machine (training/recipe.py; docs/quality.md).
+            from charrnn.training.planner import plan_run
 
-        if not model and config.max_minutes > 0 and distributed.world_size() == 1:
-            # A time budget and no size: pick one for the corpus and budget (sizing.py; docs/quality.md).
-            from charrnn.training.sizing import pick
-
-            model = pick(config, args.data_dir, say=lambda line: print(line, file=sys.stderr, flush=True))
-        trainer = Trainer.create(run_dir, config, model, data_dir=args.data_dir)
+            given_train = {**file_train, **train_fields}
+            config, model, plan = plan_run(config, model, given_train, args.data_dir, say=_say)
+        trainer = Trainer.create(run_dir, config, model, data_dir=args.data_dir, plan=plan)
     from charrnn.training.distributed import peer_errors
     from charrnn.training.stopping import nothing_to_do
 
@@ -90,6 +91,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _default_name(text: str) -> str:

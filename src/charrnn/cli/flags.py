@@ -72,7 +72,15 @@ def _training_flags(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
         "--max-minutes",
         type=float,
         default=S,
-        help="stop after this much training time, with a checkpoint (default 0 = no limit)",
+        help="stop after this much training time, with a checkpoint (default 0 = no limit); without model "
+        "flags, the recipe for this budget is planned (--preset auto)",
+    )
+    g.add_argument(
+        "--fit-budget",
+        action=argparse.BooleanOptionalAction,
+        default=S,
+        help="with --max-minutes: at each checkpoint, set --max-steps (the schedule's end) to what the rest of "
+        "the budget holds at the speed so far (default off; on in --preset auto)",
     )
     g.add_argument("--lr", type=float, default=S, help=f"Adam learning rate (default {d.lr})")
     g.add_argument(

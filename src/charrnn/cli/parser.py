@@ -13,7 +13,7 @@ from charrnn.config import (
     GENERATION_PRECISIONS,
     PROTOCOLS,
 )
-from charrnn.training.presets import PRESETS
+from charrnn.training.presets import NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,10 @@ def _add_train(sub) -> None:
     p.add_argument("--run", type=Path, help="run directory to create (default runs/<text name>)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted or finished run")
     p.add_argument(
-        "--preset", choices=sorted(PRESETS), help="a named recipe (docs/guide.md); --config and flags override it"
+        "--preset",
+        choices=NAMES,
+        help="a named recipe (docs/guide.md), or auto: planned for --max-minutes on this machine (the default "
+        "when --max-minutes is given without model flags); --config and flags override it",
     )
     p.add_argument("--config", help='JSON file {"model": {...}, "train": {...}}; flags override it')
     p.add_argument("--data-dir", help="folder searched first for built-in corpora (default $CHARRNN_DATA_DIR)")

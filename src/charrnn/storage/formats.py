@@ -52,8 +52,8 @@ SHA256_HEX = r"^[0-9a-f]{64}$"
 
 class ConfigFile(_Strict):
     kind: ClassVar[str] = "config"
-    versions: ClassVar[str] = "1 and 2"
-    format_version: Literal[1, 2]  # 2 records vocab_sha256
+    versions: ClassVar[str] = "1 to 3"
+    format_version: Literal[1, 2, 3]  # 2 records vocab_sha256; 3 may record a plan
     charrnn_version: str
     model: dict[str, Any]  # checked field by field by config.ModelConfig
     train: dict[str, Any]  # checked by config.TrainConfig
@@ -64,11 +64,16 @@ class ConfigFile(_Strict):
     # vocab_sha256() of the run's vocab.json: one of the same size swapped in would otherwise load and
     # write text in the wrong alphabet. Version 1 (written before it was recorded) has none.
     vocab_sha256: str | None = Field(None, pattern=SHA256_HEX)
+    # What `--preset auto` measured and why it chose the settings in model and train (training/recipe.py).
+    # Informational: the settings themselves are model's and train's, which is what a resume reads.
+    plan: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _version_2_has_the_vocabulary_hash(self) -> ConfigFile:
-        if self.format_version == 2 and self.vocab_sha256 is None:
-            raise ValueError("vocab_sha256: Field required in format version 2")
+    def _versions_have_their_fields(self) -> ConfigFile:
+        if self.format_version >= 2 and self.vocab_sha256 is None:
+            raise ValueError(f"vocab_sha256: Field required in format version {self.format_version}")
+        if self.format_version < 3 and self.plan is not None:
+            raise ValueError(f"plan: not part of format version {self.format_version}")
         return self
 
 

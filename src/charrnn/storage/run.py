@@ -29,7 +29,7 @@ from charrnn.errors import CharRNNError
 from charrnn.storage import files, formats
 from charrnn.storage.files import LOCK_FILE, atomic_write_text, is_own_lock, is_own_temporary
 
-CONFIG_FORMAT_VERSION = 2  # 2: records vocab_sha256 (formats.ConfigFile)
+CONFIG_FORMAT_VERSION = 3  # 2: records vocab_sha256; 3: may record a plan (formats.ConfigFile)
 
 
 CONFIG = "config.json"
@@ -103,8 +103,10 @@ def save_config(
     train: TrainConfig,
     corpus: dict[str, Any],
     started_from: dict[str, Any] | None = None,
+    plan: dict[str, Any] | None = None,
 ) -> None:
-    """`started_from`: where the weights came from when not a fresh initialisation (fine-tune, import).
+    """`started_from`: where the weights came from when not a fresh initialisation (fine-tune, import);
+    `plan`: what `--preset auto` measured and chose.
     The run's vocab.json must be written first: config.json records its SHA-256, and it is what marks
     the run complete (is_run)."""
     vocab = formats.load(formats.VocabFile, Path(run_dir) / VOCAB, "write the vocabulary before config.json")
@@ -118,7 +120,17 @@ def save_config(
     }
     if started_from is not None:
         data["started_from"] = started_from
+    if plan is not None:
+        data["plan"] = plan
     atomic_write_text(Path(run_dir) / CONFIG, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def update_train_config(run_dir: Path, train: TrainConfig) -> None:
+    """Replace config.json's training settings, keeping the rest of the file as it is."""
+    path = Path(run_dir) / CONFIG
+    data = formats.load(formats.ConfigFile, path, "restore it from a backup").model_dump(exclude_none=True)
+    data["train"] = dataclasses.asdict(train)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]]:
@@ -141,6 +153,11 @@ def load_config(run_dir: Path) -> tuple[ModelConfig, TrainConfig, dict[str, Any]
 def load_started_from(run_dir: Path) -> dict[str, Any] | None:
     """config.json's record of where the run's weights started (None: a fresh initialisation)."""
     return formats.load(formats.ConfigFile, Path(run_dir) / CONFIG, "restore it from a backup").started_from
+
+
+def load_plan(run_dir: Path) -> dict[str, Any] | None:
+    """config.json's record of the plan that chose the run's settings (None: no plan)."""
+    return formats.load(formats.ConfigFile, Path(run_dir) / CONFIG, "restore it from a backup").plan
 
 
 def load_vocab_sha256(run_dir: Path) -> str | None:

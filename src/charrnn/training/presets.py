@@ -7,6 +7,9 @@ from typing import Any
 
 from charrnn.errors import CharRNNError
 
+# Not a fixed recipe: the plan for --max-minutes on this machine (recipe.py), made when the run starts.
+AUTO = "auto"
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial exactly: embedding 256, GRU 1024, batch 64 x 100, Adam 1e-3, no validation split.
     "tutorial": {"model": {}, "train": {"val_fraction": 0.0, "epochs": 20}},
@@ -52,7 +55,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model settings, train settings) of a named preset."""
+    """(model settings, train settings) of a named preset; `auto` has none until it is planned."""
+    if name == AUTO:
+        return {}, {}
     if name not in PRESETS:
-        raise CharRNNError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+        raise CharRNNError(f"unknown preset {name!r}; choose one of {', '.join(NAMES)}")
     return dict(PRESETS[name]["model"]), dict(PRESETS[name]["train"])
+
+
+NAMES = (AUTO, *sorted(PRESETS))

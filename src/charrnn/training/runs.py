@@ -46,6 +46,7 @@ RESUMABLE = frozenset(
         "log_every",
         "tensorboard",
         "val_also",
+        "fit_budget",
     }
 )
 
@@ -71,8 +72,16 @@ def load_data(config: TrainConfig, data_dir=None, vocab: Vocab | None = None):
     return corpus, vocab or corpus.vocab, train_ids, val_ids
 
 
-def create(run_dir: Path, config: TrainConfig, model: dict[str, Any] | None, data_dir, make: Make) -> Trainer:
-    """A new run in `run_dir`, which must not hold one. Nothing is written until everything is checked."""
+def create(
+    run_dir: Path,
+    config: TrainConfig,
+    model: dict[str, Any] | None,
+    data_dir,
+    make: Make,
+    plan: dict[str, Any] | None = None,
+) -> Trainer:
+    """A new run in `run_dir`, which must not hold one. Nothing is written until everything is checked.
+    `plan`: config.json's record of the plan that chose the settings, if one did."""
     distributed.setup(resolve_device(config.device))
     run_folder.check_new_run_dir(run_dir)
     distributed.barrier()  # every rank has checked before rank 0 writes
@@ -110,12 +119,16 @@ def create(run_dir: Path, config: TrainConfig, model: dict[str, Any] | None, dat
             "train_chars": int(len(train_ids)),
             "val_chars": int(len(val_ids)),
         }
-        _write_new_run(trainer, model_config, corpus_info, source.record if source is not None else None)
+        _write_new_run(trainer, model_config, corpus_info, source.record if source is not None else None, plan)
     return trainer
 
 
 def _write_new_run(
-    trainer: Trainer, model_config: ModelConfig, corpus_info: dict[str, Any], started_from: dict[str, Any] | None
+    trainer: Trainer,
+    model_config: ModelConfig,
+    corpus_info: dict[str, Any],
+    started_from: dict[str, Any] | None,
+    plan: dict[str, Any] | None,
 ) -> None:
     """The run folder with its vocabulary and config.json, written under the lock."""
     run_dir = trainer.run_dir
@@ -128,7 +141,7 @@ def _write_new_run(
         run_folder.check_new_run_dir(run_dir)  # again, under the lock: another process may have started one
         run_folder.remove_temporaries(run_dir)
         trainer.vocab.save(run_dir / run_folder.VOCAB)
-        run_folder.save_config(run_dir, model_config, trainer.config, corpus_info, started_from=started_from)
+        run_folder.save_config(run_dir, model_config, trainer.config, corpus_info, started_from, plan)
     except BaseException:
         trainer.close()
         raise
@@ -155,7 +168,8 @@ def resume(run_dir: Path, data_dir, make: Make, overrides: dict[str, Any]) -> Tr
         # A run already past its epochs or --max-steps trains nothing, and so writes nothing (fit says so).
         if trainer.main and stopping.nothing_to_do(trainer) is None:
             trainer.log.resume_at(trainer.global_step, trainer.epoch)
-            run_folder.save_config(run_dir, model_config, config, corpus_info, run_folder.load_started_from(run_dir))
+            started_from, plan = run_folder.load_started_from(run_dir), run_folder.load_plan(run_dir)
+            run_folder.save_config(run_dir, model_config, config, corpus_info, started_from, plan)
     except BaseException:
         if lock is not None:
             lock.release()

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from charrnn.training import distributed
+from charrnn.training.recipe import BUDGET_USED
 
 if TYPE_CHECKING:
     from charrnn.training.trainer import Trainer
@@ -111,6 +112,20 @@ def after_step(trainer: Trainer, tick: Callable[[], float]) -> str:
     if cfg.max_minutes and distributed.any_rank(tick() >= 60 * cfg.max_minutes):
         return "max_minutes"
     return "finished"
+
+
+def steps_for_budget(trainer: Trainer) -> int | None:
+    """With fit_budget and max_minutes: the total steps the budget holds at the run's speed so far
+    (validation and checkpoints included), when that differs from max_steps by over 1%; else None.
+    A planned step time can be off by 10-20% (other processes, a slower first epoch): this keeps the
+    learning-rate schedule ending as the budget does, whatever the machine did."""
+    cfg = trainer.config
+    if not (cfg.fit_budget and cfg.max_minutes and trainer.global_step and trainer.elapsed):
+        return None
+    per_step = trainer.elapsed / trainer.global_step
+    left = BUDGET_USED * 60 * cfg.max_minutes - trainer.elapsed
+    total = trainer.global_step + max(1, int(left / per_step))
+    return total if abs(total - cfg.max_steps) > 0.01 * max(1, cfg.max_steps) else None
 
 
 def stopped_line(status: str, trainer: Trainer) -> str:

@@ -9,6 +9,7 @@ Use `Trainer.create(...)` / `Trainer.resume(...)` and `fit()`, or build your own
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -29,6 +30,7 @@ from charrnn.errors import CharRNNError, WriteError
 from charrnn.model.network import CharRNN
 from charrnn.model.precision import precision_name, resolve_device, resolve_precision
 from charrnn.model.summary import summary
+from charrnn.storage import run as run_folder
 from charrnn.storage.files import DirectoryLock
 from charrnn.training import checkpoint, distributed, runs, stopping
 from charrnn.training import optimizer as regularize
@@ -118,13 +120,15 @@ class Trainer:
         data_dir=None,
         callbacks: Sequence[Callback] = (),
         out: TextIO | None = None,
+        plan: dict[str, Any] | None = None,
     ) -> Trainer:
         """Start a new run in `run_dir` (which must not hold one). `model`: ModelConfig fields except
-        vocab_size, which comes from the text. `config`: TrainConfig() when None."""
+        vocab_size, which comes from the text. `config`: TrainConfig() when None. `plan`: what chose the
+        settings (planner.plan_run), recorded in config.json."""
         run_dir = Path(run_dir)
         config = config if config is not None else TrainConfig()
         make = functools.partial(cls, run_dir, callbacks=callbacks, out=out)
-        return runs.create(run_dir, config, model, data_dir, make)
+        return runs.create(run_dir, config, model, data_dir, make, plan)
 
     @classmethod
     def resume(
@@ -237,6 +241,17 @@ class Trainer:
         self.out.write(text + "\n")
         self.out.flush()
 
+    def _fit_schedule(self) -> None:
+        """fit_budget: move max_steps to what the rest of the budget holds (rank 0's figure on every rank),
+        recorded in config.json so that a resume continues the same schedule."""
+        total = distributed.from_main(stopping.steps_for_budget(self) if self.main else None)
+        if total is None:
+            return
+        epochs = max(self.config.epochs, -(-total // len(self.batches)) + 1)
+        self.config = dataclasses.replace(self.config, max_steps=total, epochs=epochs)
+        if self.main:
+            run_folder.update_train_config(self.run_dir, self.config)
+
     def _tick(self) -> float:
         """Add the time since the last tick to `elapsed`; returns it."""
         now = time.perf_counter()
@@ -295,6 +310,7 @@ class Trainer:
             if status != "finished":
                 break
             if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                self._fit_schedule()
                 self.save_checkpoint()
         progress.close()
         if status == "interrupted":
@@ -330,6 +346,7 @@ class Trainer:
             self.epoch, self.step_in_epoch, self.epoch_loss_sum = self.epoch + 1, 0, 0.0
         record["elapsed"] = self._tick()  # wall time so far, evaluation included
         self.log.write(record)
+        self._fit_schedule()
         self.save_checkpoint()
         self.log.plot()
         self.say(epoch_line(record, improved))
