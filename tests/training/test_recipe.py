@@ -150,6 +150,8 @@ def test_a_budget_without_model_flags_plans_records_and_resumes_the_plan(small_t
     assert train["stateful"] and train["val_protocol"] == "stateful" and train["lr_schedule"] == "cosine"
     assert train["max_steps"] > 0 and train["precision"] in ("bf16", "fp32")
     assert f"{model['num_layers']} x {model['hidden_size']}" in plan["ms_per_step"]
+    generated = run_cli("generate", run, "--prompt", "a", "--length", "20", "--seed", "1")
+    assert generated.returncode == 0 and len(generated.stdout) >= 20, generated.stderr  # a run like any other
     # Resuming reads the recorded plan: nothing is measured or chosen again.
     done = run_cli("train", "--resume", run, "--max-minutes", "0.1")
     assert done.returncode == 0, done.stderr

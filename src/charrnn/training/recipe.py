@@ -271,6 +271,7 @@ def plan(
         "step_seconds": round(chosen.step_seconds, 5),
         "validation_seconds": round(chosen.validation_seconds, 3),
         "validated_chars": chosen.validated,
+        "planned_steps": chosen.steps,
         "epochs": round(epochs, 2),
         "pressure": round(epochs * parameters / max(1, train_chars), 2),
         "size_reason": reason,
