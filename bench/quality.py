@@ -137,6 +137,14 @@ def train(run: Path, text: Path, minutes: float, preset: str | None, flags: str,
     return command, result.stderr
 
 
+def epoch_records(run: Path) -> tuple[list[dict], dict]:
+    """The run's epoch lines from metrics.jsonl, and the one with the best validation loss ({} if none)."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [e for e in lines if e.get("kind") == "epoch"]
+    scored = [e for e in epochs if e.get("val_loss") is not None]
+    return epochs, min(scored, key=lambda e: e["val_loss"]) if scored else {}
+
+
 def score(run: Path, text: Path, windows: int) -> dict[str, float]:
     """The three protocols for the run's best weights on nanoGPT's validation split."""
     import charrnn
@@ -164,10 +172,7 @@ def bench(
                 finished = "stopping early" in stderr or "stopped after --max-minutes" not in stderr
             began = time.time()
             losses = score(run, text, windows)
-            epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-            epochs = [e for e in epochs if e.get("kind") == "epoch"]
-            scored = [e for e in epochs if e.get("val_loss") is not None]
-            best = min(scored, key=lambda e: e["val_loss"]) if scored else {}
+            epochs, best = epoch_records(run)
             rows.append((mark, losses, best, epochs[-1] if epochs else {}, time.time() - began, finished))
         config = json.loads((run / "config.json").read_text())
     print(f"\n== {name}: {text.name} ({config['corpus']['chars']:,} characters), validation text[int(0.9 n):] ==")

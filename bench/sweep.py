@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import PROTOCOLS, cpu_name, score, shakespeare_path, train  # noqa: E402
+from quality import PROTOCOLS, cpu_name, epoch_records, score, shakespeare_path, train  # noqa: E402
 
 
 def subset(text: Path, train_chars: int, folder: Path) -> tuple[Path, str]:
@@ -41,9 +41,7 @@ def run_variant(name: str, flags: str, text: Path, scored: Path, minutes: float,
     train(run, text, minutes, "auto", flags, first=True)
     losses = score(run, scored, windows)
     config = json.loads((run / "config.json").read_text())
-    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    epochs = [e for e in epochs if e.get("kind") == "epoch" and e.get("val_loss") is not None]
-    best = min(epochs, key=lambda e: e["val_loss"])
+    epochs, best = epoch_records(run)
     last = epochs[-1]
     m, t = config["model"], config["train"]
     return {
